@@ -1,0 +1,130 @@
+//! `postsub-bench`: measures postsub against the limits of its own parts, in one run, on the
+//! local PostgreSQL and RabbitMQ, and prints one table with ratios to those limits.
+//!
+//! Rows: (1) a bare tonic server with `Process`'s signature (the floor of tonic here);
+//! (2) `Process` for a form without bindings; (3) `Process` with 2 sync `validate` bindings
+//! (10 checks, 3 of them CEL rules across fields) and 1 async `webhook`; (4) raw lapin
+//! persistent publishes with confirms of a job-sized message (the floor of RabbitMQ here);
+//! (5) an HTTP submit route with and without `PostSubmissionLayer`; (6) the worker draining
+//! webhook jobs, and `google_sheets` rows against the Sheets emulator answering after 100 ms.
+//!
+//! Everything runs in this process on loopback; each row's load is a fixed number of
+//! callers for a fixed time (closed loop).
+
+mod load;
+mod scenarios;
+mod usage;
+
+use std::time::Duration;
+
+use clap::Parser;
+
+use crate::load::Measurement;
+
+/// Benchmark postsub against bare tonic and raw RabbitMQ publishing.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Args {
+    /// How long each load row runs.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    duration: Duration,
+    /// Concurrent callers per load row.
+    #[arg(long, default_value_t = 32)]
+    concurrency: usize,
+    /// Submissions pushed through the google_sheets row.
+    #[arg(long, default_value_t = 1000)]
+    sheet_rows: usize,
+    /// Also run row 3 for this long, printing the process RSS every 5 s (memory flatness).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    soak: Option<Duration>,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    // Warnings by default; RUST_LOG=postsub_proxy=debug shows, for one, the recorder's batches.
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    println!(
+        "postsub-bench: {} per row, {} concurrent callers, {} cores",
+        humantime::format_duration(args.duration),
+        args.concurrency,
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    let report = scenarios::run_all(&args).await?;
+    print_table(&report);
+    Ok(())
+}
+
+/// One row of the table: a name, what it measured, its ratio to a floor row.
+struct Row {
+    name: &'static str,
+    measured: Measurement,
+    ratio: Option<(f64, &'static str)>,
+}
+
+/// The measured rows and the derived figures.
+pub struct Report {
+    rows: Vec<Row>,
+    notes: Vec<String>,
+}
+
+impl Report {
+    fn push(
+        &mut self,
+        name: &'static str,
+        measured: Measurement,
+        ratio: Option<(f64, &'static str)>,
+    ) {
+        self.rows.push(Row {
+            name,
+            measured,
+            ratio,
+        });
+    }
+}
+
+fn print_table(report: &Report) {
+    println!();
+    println!(
+        "| {:<44} | {:>9} | {:>8} | {:>8} | {:>8} | {:>10} | {:>8} | {:<22} |",
+        "row", "req/s", "p50 ms", "p99 ms", "p99.9 ms", "CPU s/1k", "RSS MiB", "ratio"
+    );
+    println!(
+        "|{:-<46}|{:->11}|{:->10}|{:->10}|{:->10}|{:->12}|{:->10}|{:-<24}|",
+        "", "", "", "", "", "", "", ""
+    );
+    for Row {
+        name,
+        measured: m,
+        ratio,
+    } in &report.rows
+    {
+        let ratio = ratio.map_or(String::new(), |(r, against)| {
+            format!("{:.0}% of {against}", r * 100.0)
+        });
+        println!(
+            "| {:<44} | {:>9.0} | {:>8.2} | {:>8.2} | {:>8.2} | {:>10.3} | {:>8.1} | {:<22} |",
+            name,
+            m.throughput(),
+            m.latency_ms(0.5),
+            m.latency_ms(0.99),
+            m.latency_ms(0.999),
+            m.cpu_per_1k(),
+            m.peak_rss as f64 / (1024.0 * 1024.0),
+            ratio
+        );
+        if m.errors > 0 {
+            println!("|   ({} requests failed)", m.errors);
+        }
+    }
+    println!();
+    for note in &report.notes {
+        println!("{note}");
+    }
+}

@@ -1,0 +1,474 @@
+//! The benchmark's rows: what each starts and drives.
+
+use std::{
+    net::SocketAddr,
+    path::PathBuf,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use anyhow::Context as _;
+use axum::{Json, Router, http::StatusCode, routing::post};
+use lapin::{
+    BasicProperties, Connection, ConnectionProperties,
+    options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions, QueueDeleteOptions},
+    types::FieldTable,
+};
+use postsub::{
+    PostSubmissionLayer,
+    json::to_proto_struct,
+    pb::{
+        self,
+        post_submission_client::PostSubmissionClient,
+        post_submission_server::{PostSubmission, PostSubmissionServer},
+        task_admin_client::TaskAdminClient,
+    },
+};
+use postsub_proxy::{
+    app::{Proxy, Services},
+    job::Job,
+    settings::DevSettings,
+};
+use postsub_tasks::{
+    Registry, Submission,
+    google_sheets::{Endpoints, GoogleSheets},
+};
+use postsub_testkit::{SheetsEmulator, TestBroker, TestDatabase, WebhookReceiver};
+use serde_json::{Map, Value, json};
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
+use uuid::Uuid;
+
+use crate::{
+    Args, Report,
+    load::{Measurement, drive},
+    usage::{Usage, rss},
+};
+
+/// The answers every load request carries: a realistic small form.
+fn answers() -> Map<String, Value> {
+    let Value::Object(map) = json!({
+        "name": "Ada Lovelace", "email": "ada@example.org", "age": 36, "country": "GB",
+        "monthly_income": 4200, "monthly_savings": 650, "has_guardian": false,
+        "comments": "Looking forward to it."
+    }) else {
+        unreachable!("a literal object")
+    };
+    map
+}
+
+fn process_request(form: Uuid, answers: &Map<String, Value>) -> pb::ProcessRequest {
+    pb::ProcessRequest {
+        form_id: form.to_string(),
+        submission_id: Uuid::new_v4().to_string(),
+        answers: Some(to_proto_struct(answers.clone())),
+        submitted_at: None,
+        metadata: Default::default(),
+    }
+}
+
+/// Runs every row in order and derives the ratios.
+pub async fn run_all(args: &Args) -> anyhow::Result<Report> {
+    let db = TestDatabase::create("postsub_bench").await;
+    let broker = TestBroker::create();
+    let emulator = SheetsEmulator::start().await;
+    let settings = DevSettings::isolated(
+        &db.url,
+        &broker.url,
+        &broker.prefix,
+        &["--concurrency", "128", "--prefetch", "256"],
+    )?;
+    postsub_proxy::db::migrate(&db.url).await?;
+    let mut registry = Registry::with_builtins();
+    registry.register(GoogleSheets::new(Endpoints {
+        sheets_base_url: emulator.sheets_base_url(),
+        drive_base_url: emulator.drive_base_url(),
+    }));
+    let services = Services::start(&settings.database, &settings.broker, registry).await?;
+    let proxy = Proxy::build(&services, &settings.proxy).await?;
+    let grpc = format!("http://{}", proxy.grpc_addr());
+    let stop = CancellationToken::new();
+    let proxy_task = tokio::spawn(proxy.run(stop.clone()));
+    let mut report = Report {
+        rows: Vec::new(),
+        notes: Vec::new(),
+    };
+
+    println!("1. floor: bare tonic server");
+    let floor_url = format!("http://{}", start_floor().await?);
+    let floor = load_process(args, &floor_url, Uuid::new_v4()).await?;
+    println!("2. Process, no bindings");
+    let empty = load_process(args, &grpc, Uuid::new_v4()).await?;
+    println!("3. Process, 2 sync validate + 1 async webhook");
+    let receiver = WebhookReceiver::start().await;
+    let full_form = Uuid::new_v4();
+    bind_full(&grpc, full_form, &receiver).await?;
+    let full = load_process(args, &grpc, full_form).await?;
+    println!("4. publish floor: raw lapin, persistent, confirmed");
+    let publish = load_publish(args, &broker).await?;
+    println!("5. submit route without and with PostSubmissionLayer");
+    let (bare_route, layered_route) = load_layer(args, &grpc).await?;
+
+    println!("6. worker: draining {} webhook jobs", full.requests);
+    let worker = tokio::spawn(services.worker(&settings.worker)?.run(stop.clone()));
+    let webhooks = measure_drain(full.requests, || receiver.deliveries().len() as u64).await;
+    println!(
+        "6. worker: {} google_sheets rows, emulator answering after 100 ms",
+        args.sheet_rows
+    );
+    let sheets = sheets_rows(args, &grpc, &emulator).await?;
+    let rows_per_call = emulator.appended_rows() as f64 / emulator.append_calls().max(1) as f64;
+
+    if let Some(soak) = args.soak {
+        report
+            .notes
+            .push(soak_memory(args, &grpc, full_form, soak).await?);
+    }
+
+    report.notes.push(format!(
+        "Layer overhead: p50 +{:.2} ms, p99 +{:.2} ms over the bare route; Process alone (row 2) p50 {:.2} ms, \
+         so the layer adds p50 {:.2} ms above the proxy's own latency.",
+        layered_route.latency_ms(0.5) - bare_route.latency_ms(0.5),
+        layered_route.latency_ms(0.99) - bare_route.latency_ms(0.99),
+        empty.latency_ms(0.5),
+        layered_route.latency_ms(0.5) - bare_route.latency_ms(0.5) - empty.latency_ms(0.5),
+    ));
+    report.notes.push(format!(
+        "Async part of row 3: {:.0} jobs/s published = {:.0}% of the publish floor (row 4).",
+        full.throughput(),
+        full.throughput() / publish.throughput() * 100.0
+    ));
+    report.notes.push(format!(
+        "google_sheets: {:.1} rows per values.append call ({} calls for {} rows).",
+        rows_per_call,
+        emulator.append_calls(),
+        emulator.appended_rows()
+    ));
+    let floor_rate = floor.throughput();
+    let empty_ratio = empty.throughput() / floor_rate;
+    let full_ratio = full.throughput() / floor_rate;
+    report.push("1. floor: bare tonic Process", floor, None);
+    report.push(
+        "2. Process, no bindings",
+        empty,
+        Some((empty_ratio, "row 1")),
+    );
+    report.push(
+        "3. Process, 2 sync + 1 async bindings",
+        full,
+        Some((full_ratio, "row 1")),
+    );
+    report.push("4. publish floor: lapin confirmed", publish, None);
+    report.push("5a. submit route, no layer", bare_route, None);
+    report.push("5b. submit route, PostSubmissionLayer", layered_route, None);
+    report.push("6a. worker: webhook jobs", webhooks, None);
+    report.push("6b. worker: google_sheets rows (100 ms API)", sheets, None);
+
+    stop.cancel();
+    let _ = worker.await;
+    proxy_task.await??;
+    services.stop().await;
+    Ok(report)
+}
+
+/// The floor: a tonic server with `Process`'s signature that answers an empty reply.
+#[derive(Clone, Copy)]
+struct Floor;
+
+#[tonic::async_trait]
+impl PostSubmission for Floor {
+    async fn process(
+        &self,
+        _request: tonic::Request<pb::ProcessRequest>,
+    ) -> Result<tonic::Response<pb::ProcessResponse>, tonic::Status> {
+        Ok(tonic::Response::new(pb::ProcessResponse::default()))
+    }
+}
+
+async fn start_floor() -> anyhow::Result<SocketAddr> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(PostSubmissionServer::new(Floor))
+            .serve_with_incoming(
+                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+            ),
+    );
+    Ok(addr)
+}
+
+async fn load_process(args: &Args, url: &str, form: Uuid) -> anyhow::Result<Measurement> {
+    let channel = Channel::from_shared(url.to_owned())?.connect().await?;
+    let client = PostSubmissionClient::new(channel);
+    let answers = Arc::new(answers());
+    Ok(drive(args.concurrency, args.duration, move |_| {
+        let mut client = client.clone();
+        let request = process_request(form, &answers);
+        async move { client.process(request).await.map(drop) }
+    })
+    .await)
+}
+
+/// Two sync `validate` bindings (7 field checks + 3 CEL rules across fields) and one async
+/// `webhook`.
+async fn bind_full(grpc: &str, form: Uuid, receiver: &WebhookReceiver) -> anyhow::Result<()> {
+    let mut admin = TaskAdminClient::connect(grpc.to_owned()).await?;
+    let bindings = [
+        (
+            "fields",
+            "validate",
+            pb::Mode::Sync,
+            json!({"fields": {
+                "name": {"required": true, "type": "string", "min_length": 1},
+                "email": {"required": true, "type": "string", "pattern": "^[^@]+@[^@]+$"},
+                "age": {"type": "integer", "min": 0, "max": 150},
+                "country": {"one_of": ["GB", "NL", "DE", "FR"]}
+            }}),
+        ),
+        (
+            "business_rules",
+            "validate",
+            pb::Mode::Sync,
+            json!({
+                "fields": {"monthly_income": {"type": "number", "min": 0},
+                           "monthly_savings": {"type": "number", "min": 0},
+                           "comments": {"max_length": 2000}},
+                "rules": [
+                    {"name": "savings_within_income", "expr": "monthly_savings <= monthly_income"},
+                    {"name": "adult_or_guardian", "expr": "age >= 18 || has_guardian"},
+                    {"name": "savings_rate", "expr": "monthly_income == 0 || monthly_savings * 100 / monthly_income <= 90"}
+                ]
+            }),
+        ),
+        (
+            "crm",
+            "webhook",
+            pb::Mode::Async,
+            json!({"url": receiver.url, "secret": receiver.secret}),
+        ),
+    ];
+    for (name, kind, mode, config) in bindings {
+        let Value::Object(config) = config else {
+            unreachable!("literal objects")
+        };
+        admin
+            .create_binding(pb::CreateBindingRequest {
+                form_id: form.to_string(),
+                name: name.into(),
+                kind: kind.into(),
+                mode: mode.into(),
+                config: Some(to_proto_struct(config)),
+                ..Default::default()
+            })
+            .await
+            .with_context(|| format!("binding {name}"))?;
+    }
+    Ok(())
+}
+
+/// Raw persistent publishes with confirms of a message the size of a real job.
+async fn load_publish(args: &Args, broker: &TestBroker) -> anyhow::Result<Measurement> {
+    let connection = Connection::connect(&broker.url, ConnectionProperties::default()).await?;
+    let channel = connection.create_channel().await?;
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
+    let queue = format!("{}.publish_floor", broker.prefix);
+    channel
+        .queue_declare(
+            queue.as_str().into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    let body = Arc::new(
+        Job {
+            run_id: Uuid::new_v4(),
+            binding_id: Uuid::new_v4(),
+            kind: "webhook".into(),
+            queued_at: chrono::Utc::now(),
+            attempts_before: 0,
+            submission: Submission {
+                form_id: Uuid::new_v4(),
+                submission_id: Uuid::new_v4(),
+                answers: answers(),
+                submitted_at: chrono::Utc::now(),
+                metadata: Default::default(),
+            },
+        }
+        .encode(),
+    );
+    let measured = {
+        let channel = channel.clone();
+        let queue = queue.clone();
+        drive(args.concurrency, args.duration, move |_| {
+            let channel = channel.clone();
+            let queue = queue.clone();
+            let body = body.clone();
+            async move {
+                let confirm: lapin::PublisherConfirm = channel
+                    .basic_publish(
+                        "".into(),
+                        queue.as_str().into(),
+                        BasicPublishOptions::default(),
+                        &body,
+                        BasicProperties::default().with_delivery_mode(2),
+                    )
+                    .await?;
+                match confirm.await? {
+                    lapin::Confirmation::Ack(_) => Ok(()),
+                    _ => Err(anyhow::anyhow!("the broker did not confirm a publish")),
+                }
+            }
+        })
+        .await
+    };
+    channel
+        .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+        .await?;
+    connection.close(200, "done".into()).await?;
+    Ok(measured)
+}
+
+/// A submit route like a form backend's (no database, so only the layer differs), without
+/// and with `PostSubmissionLayer` calling the proxy for a form without bindings.
+async fn load_layer(args: &Args, grpc: &str) -> anyhow::Result<(Measurement, Measurement)> {
+    let form = Uuid::new_v4();
+    let route = move || async move {
+        (
+            StatusCode::CREATED,
+            Json(
+                json!({"id": Uuid::new_v4(), "form_id": form, "answers": answers(),
+                        "created_at": "2026-11-22T10:00:00Z"}),
+            ),
+        )
+    };
+    let bare = serve_http(Router::new().route("/submit", post(route))).await?;
+    let layer = PostSubmissionLayer::connect_lazy(grpc)?;
+    let layered = serve_http(Router::new().route("/submit", post(route).layer(layer))).await?;
+    Ok((load_http(args, bare).await, load_http(args, layered).await))
+}
+
+async fn serve_http(router: Router) -> anyhow::Result<SocketAddr> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    Ok(addr)
+}
+
+async fn load_http(args: &Args, addr: SocketAddr) -> Measurement {
+    let client = reqwest::Client::new();
+    let url = format!("http://{addr}/submit");
+    let body = Arc::new(json!({"answers": answers()}).to_string());
+    drive(args.concurrency, args.duration, move |_| {
+        let request = client
+            .post(&url)
+            .header("content-type", "application/json")
+            .body(body.as_str().to_owned());
+        async move {
+            let response = request.send().await?.error_for_status()?;
+            response.bytes().await.map(drop)
+        }
+    })
+    .await
+}
+
+/// Throughput of a worker draining `total` jobs, counted by `done`.
+async fn measure_drain(total: u64, done: impl Fn() -> u64) -> Measurement {
+    let usage = Usage::start();
+    let started = Instant::now();
+    let give_up = started + Duration::from_secs(300);
+    while done() < total && Instant::now() < give_up {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let elapsed = started.elapsed();
+    let (cpu, peak_rss) = usage.finish();
+    Measurement::counted(
+        done().min(total),
+        total.saturating_sub(done()),
+        elapsed,
+        cpu,
+        peak_rss,
+    )
+}
+
+async fn sheets_rows(
+    args: &Args,
+    grpc: &str,
+    emulator: &SheetsEmulator,
+) -> anyhow::Result<Measurement> {
+    let key_dir = std::env::temp_dir().join(format!("postsub-bench-{}", Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&key_dir)?;
+    let key: PathBuf = emulator.write_service_account_key(&key_dir);
+    emulator.set_latency(Duration::from_millis(100));
+    let form = Uuid::new_v4();
+    let config = json!({"credentials_file": key, "title": "bench"});
+    let Value::Object(config) = config else {
+        unreachable!("a literal object")
+    };
+    TaskAdminClient::connect(grpc.to_owned())
+        .await?
+        .create_binding(pb::CreateBindingRequest {
+            form_id: form.to_string(),
+            name: "sheet".into(),
+            kind: "google_sheets".into(),
+            mode: pb::Mode::Async.into(),
+            config: Some(to_proto_struct(config)),
+            ..Default::default()
+        })
+        .await?;
+    let mut client = PostSubmissionClient::connect(grpc.to_owned()).await?;
+    let answers = answers();
+    let usage_rows = || {
+        emulator.spreadsheets().first().map_or(0, |(id, _)| {
+            emulator.values(id, "Responses").len().saturating_sub(1) as u64
+        })
+    };
+    let started = Instant::now();
+    for _ in 0..args.sheet_rows {
+        client.process(process_request(form, &answers)).await?;
+    }
+    let mut measured = measure_drain(args.sheet_rows as u64, usage_rows).await;
+    // Count from the first submission: queueing them is part of the run.
+    measured.elapsed = started.elapsed();
+    let _ = std::fs::remove_dir_all(&key_dir);
+    Ok(measured)
+}
+
+/// Row 3 for `duration`, printing RSS every 5 s.
+async fn soak_memory(
+    args: &Args,
+    grpc: &str,
+    form: Uuid,
+    duration: Duration,
+) -> anyhow::Result<String> {
+    let soak_args = Args {
+        duration,
+        concurrency: args.concurrency,
+        sheet_rows: args.sheet_rows,
+        soak: None,
+    };
+    let grpc = grpc.to_owned();
+    let load = tokio::spawn(async move { load_process(&soak_args, &grpc, form).await });
+    let mut samples = Vec::new();
+    let started = Instant::now();
+    while !load.is_finished() {
+        samples.push(format!(
+            "{}s {:.0} MiB",
+            started.elapsed().as_secs(),
+            rss() as f64 / 1048576.0
+        ));
+        tokio::time::sleep(Duration::from_secs(5)).await;
+    }
+    let measured = load.await??;
+    Ok(format!(
+        "Soak, row 3 for {}: {:.0} req/s; RSS every 5 s: {}",
+        humantime::format_duration(duration),
+        measured.throughput(),
+        samples.join(", ")
+    ))
+}

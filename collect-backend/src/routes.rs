@@ -1,0 +1,93 @@
+//! The HTTP API. Only the submit route carries [`PostSubmissionLayer`]: the rest of the
+//! backend is unaware of postsub.
+
+use anyhow::Context;
+use axum::{
+    Extension, Json, Router,
+    extract::{DefaultBodyLimit, State},
+    http::StatusCode,
+    routing::{get, post},
+};
+use postsub::PostSubmissionLayer;
+use serde_json::{Value, json};
+use sqlx::PgPool;
+
+use crate::{
+    ApiError,
+    extract::{BodyLimit, FormId, JsonBody},
+    forms::{Answers, CreateForm, Form, NewForm, Submission, SubmitBody},
+    store,
+};
+
+/// The API's router: forms and submissions in `pool`, the submit route wrapped in
+/// `post_submission`, request bodies limited to `max_body_bytes`.
+pub fn router(pool: PgPool, post_submission: PostSubmissionLayer, max_body_bytes: usize) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/forms", post(create_form))
+        .route("/forms/{id}", get(get_form))
+        .route("/forms/{id}/submit", post(submit).layer(post_submission))
+        .route("/forms/{id}/submissions", get(list_submissions))
+        .fallback(async || ApiError::NoRoute)
+        .layer(DefaultBodyLimit::max(max_body_bytes))
+        .layer(Extension(BodyLimit(max_body_bytes)))
+        .with_state(pool)
+}
+
+/// `GET /healthz`: the process is up and serving (it does not probe the database).
+async fn healthz() -> Json<Value> {
+    Json(json!({"status": "ok"}))
+}
+
+/// `POST /forms`: creates a form.
+async fn create_form(
+    State(pool): State<PgPool>,
+    JsonBody(body): JsonBody<CreateForm>,
+) -> Result<(StatusCode, Json<Form>), ApiError> {
+    let form = NewForm::try_from(body)?;
+    let form = store::insert_form(&pool, &form)
+        .await
+        .context("storing a new form")?;
+    Ok((StatusCode::CREATED, Json(form)))
+}
+
+/// `GET /forms/{id}`: one form.
+async fn get_form(State(pool): State<PgPool>, FormId(id): FormId) -> Result<Json<Form>, ApiError> {
+    store::get_form(&pool, id)
+        .await
+        .context("loading a form")?
+        .map(Json)
+        .ok_or(ApiError::FormNotFound(id))
+}
+
+/// `POST /forms/{id}/submit`: stores a submission. [`PostSubmissionLayer`] then adds
+/// `post_submission` to the 201 body.
+async fn submit(
+    State(pool): State<PgPool>,
+    FormId(form_id): FormId,
+    JsonBody(body): JsonBody<SubmitBody>,
+) -> Result<(StatusCode, Json<Submission>), ApiError> {
+    let answers = Answers::try_from(body)?;
+    let submission = store::insert_submission(&pool, form_id, &answers)
+        .await
+        .context("storing a submission")?
+        .ok_or(ApiError::FormNotFound(form_id))?;
+    Ok((StatusCode::CREATED, Json(submission)))
+}
+
+/// `GET /forms/{id}/submissions`: the form's submissions, newest first.
+async fn list_submissions(
+    State(pool): State<PgPool>,
+    FormId(form_id): FormId,
+) -> Result<Json<Vec<Submission>>, ApiError> {
+    if !store::form_exists(&pool, form_id)
+        .await
+        .context("looking up a form")?
+    {
+        return Err(ApiError::FormNotFound(form_id));
+    }
+    let submissions = store::list_submissions(&pool, form_id)
+        .await
+        .context("listing submissions")?;
+    Ok(Json(submissions))
+}

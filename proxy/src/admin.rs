@@ -1,0 +1,471 @@
+//! `TaskAdmin`: bindings, task kinds, the run history, and re-queuing dead runs over gRPC.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use postsub::{
+    json::{
+        from_proto_struct, from_proto_timestamp, to_proto_struct, to_proto_timestamp,
+        to_proto_value,
+    },
+    pb::{self, task_admin_server::TaskAdmin},
+};
+use postsub_tasks::{Mode, Registry};
+use serde_json::Value;
+use sqlx::PgPool;
+use tonic::{Request, Response, Status};
+use uuid::Uuid;
+
+use crate::{
+    bindings::BindingCache,
+    ids::{parse_optional_uuid, parse_uuid},
+    options::{BindingOptions, DurationOption, OptionError, format_duration},
+    queue::{Publisher, QueueError},
+    requeue::{self, RequeueError},
+    run::{Attempt, Run, RunStatus, flag_to_proto, mode_from_proto, mode_to_proto},
+    store::{self, Binding, NewBinding, RunFilter},
+};
+
+/// Default and largest page of `ListRuns`.
+const DEFAULT_PAGE: u32 = 100;
+const MAX_PAGE: u32 = 1000;
+
+/// The `TaskAdmin` service.
+#[derive(Clone)]
+pub struct Admin {
+    pool: PgPool,
+    registry: Registry,
+    cache: BindingCache,
+    /// Re-queues dead runs.
+    publisher: Arc<Publisher>,
+}
+
+impl Admin {
+    /// The service over the proxy's database, registry, binding cache and publisher.
+    pub fn new(
+        pool: PgPool,
+        registry: Registry,
+        cache: BindingCache,
+        publisher: Arc<Publisher>,
+    ) -> Self {
+        Self {
+            pool,
+            registry,
+            cache,
+            publisher,
+        }
+    }
+
+    /// Checks a binding the way `Process` will use it: kind known, mode offered, config valid.
+    fn check(&self, kind: &str, mode: Mode, config: &Value) -> Result<(), Status> {
+        self.registry
+            .prepare(kind, mode, config)
+            .map(drop)
+            .map_err(|err| Status::invalid_argument(err.0))
+    }
+
+    /// Makes this proxy see a binding change at once (others follow the NOTIFY).
+    async fn refresh(&self) {
+        if let Err(err) = self.cache.reload().await {
+            tracing::warn!(error = %err, "reloading bindings after a change failed");
+        }
+    }
+
+    /// `run` with its attempt history, as `GetRun` shows it.
+    async fn run_with_attempts(&self, run: Run) -> Result<Response<pb::Run>, Status> {
+        let attempts = store::run_attempts(&self.pool, run.run_id)
+            .await
+            .map_err(database_error)?;
+        Ok(Response::new(run_to_proto(run, attempts)))
+    }
+}
+
+fn parse_mode(mode: i32) -> Result<Mode, Status> {
+    mode_from_proto(mode)
+        .ok_or_else(|| Status::invalid_argument("mode must be MODE_SYNC or MODE_ASYNC"))
+}
+
+fn status_from_proto(status: i32) -> Result<Option<RunStatus>, Status> {
+    pb::RunStatus::try_from(status)
+        .map(RunStatus::from_proto)
+        .map_err(|_| Status::invalid_argument(format!("unknown run status {status}")))
+}
+
+/// Applies the options a request sets to `options`, then checks them together.
+fn apply_options(
+    options: &mut BindingOptions,
+    change: Option<pb::BindingOptions>,
+) -> Result<(), Status> {
+    let invalid = |err: OptionError| Status::invalid_argument(err.to_string());
+    if let Some(change) = change {
+        if let Some(attempts) = change.max_attempts {
+            options.set_max_attempts(attempts).map_err(invalid)?;
+        }
+        for (option, text) in [
+            (DurationOption::BackoffInitial, change.backoff_initial),
+            (DurationOption::BackoffMax, change.backoff_max),
+            (DurationOption::Timeout, change.timeout),
+            (DurationOption::Delay, change.delay),
+            (DurationOption::ExpiresAfter, change.expires_after),
+        ] {
+            if !text.is_empty() {
+                options.set_duration(option, &text).map_err(invalid)?;
+            }
+        }
+    }
+    options.check().map_err(invalid)
+}
+
+/// The options as the API shows them: the retry policy with its defaults filled in, the
+/// other durations as set (empty when not).
+fn options_to_proto(options: &BindingOptions) -> pb::BindingOptions {
+    let policy = options.retry_policy();
+    let text = |option| {
+        options
+            .duration(option)
+            .map(format_duration)
+            .unwrap_or_default()
+    };
+    pb::BindingOptions {
+        max_attempts: Some(policy.max_attempts),
+        backoff_initial: format_duration(policy.backoff_initial),
+        backoff_max: format_duration(policy.backoff_max),
+        timeout: text(DurationOption::Timeout),
+        delay: text(DurationOption::Delay),
+        expires_after: text(DurationOption::ExpiresAfter),
+    }
+}
+
+fn from_timestamp(field: &str, t: prost_types::Timestamp) -> Result<DateTime<Utc>, Status> {
+    from_proto_timestamp(t)
+        .ok_or_else(|| Status::invalid_argument(format!("{field} is out of range")))
+}
+
+fn config_from_proto(config: Option<prost_types::Struct>) -> Value {
+    Value::Object(config.map(from_proto_struct).unwrap_or_default())
+}
+
+fn binding_to_proto(registry: &Registry, binding: Binding) -> pb::Binding {
+    let config = match registry.get(&binding.kind) {
+        Some(task) => task.redact_config(&binding.config),
+        None => binding.config,
+    };
+    let config = match config {
+        Value::Object(map) => Some(to_proto_struct(map)),
+        _ => None,
+    };
+    pb::Binding {
+        id: binding.id.to_string(),
+        form_id: binding.form_id.to_string(),
+        name: binding.name,
+        kind: binding.kind,
+        mode: mode_to_proto(binding.mode).into(),
+        config,
+        enabled: binding.enabled,
+        options: Some(options_to_proto(&binding.options)),
+        created_at: Some(to_proto_timestamp(&binding.created_at)),
+        updated_at: Some(to_proto_timestamp(&binding.updated_at)),
+    }
+}
+
+/// A run as the API shows it, with `attempts` as its attempt history (empty in lists).
+fn run_to_proto(run: Run, attempts: Vec<Attempt>) -> pb::Run {
+    pb::Run {
+        run_id: run.run_id.to_string(),
+        binding_id: run.binding_id.to_string(),
+        form_id: run.form_id.to_string(),
+        submission_id: run.submission_id.to_string(),
+        kind: run.kind,
+        mode: mode_to_proto(run.mode).into(),
+        status: pb::RunStatus::from(run.status).into(),
+        attempts: run.attempts.max(0) as u32,
+        output: run.output.map(to_proto_value),
+        error: run.error.unwrap_or_default(),
+        flags: run.flags.into_iter().map(flag_to_proto).collect(),
+        created_at: Some(to_proto_timestamp(&run.created_at)),
+        started_at: run.started_at.map(|t| to_proto_timestamp(&t)),
+        finished_at: run.finished_at.map(|t| to_proto_timestamp(&t)),
+        updated_at: run.updated_at.map(|t| to_proto_timestamp(&t)),
+        attempt_history: attempts
+            .into_iter()
+            .map(|attempt| pb::Attempt {
+                attempt: attempt.attempt.max(0) as u32,
+                status: pb::AttemptStatus::from(attempt.status).into(),
+                error: attempt.error.unwrap_or_default(),
+                started_at: Some(to_proto_timestamp(&attempt.started_at)),
+                finished_at: Some(to_proto_timestamp(&attempt.finished_at)),
+            })
+            .collect(),
+    }
+}
+
+/// Maps a database error to a status; the details go to the log, not to the caller.
+fn database_error(err: sqlx::Error) -> Status {
+    if let Some(db) = err.as_database_error()
+        && db.is_unique_violation()
+    {
+        return Status::already_exists("this form already has a binding of that name");
+    }
+    tracing::error!(error = %err, "database error in the admin API");
+    Status::unavailable("the database is unavailable; try again")
+}
+
+fn not_found(what: &str, id: Uuid) -> Status {
+    Status::not_found(format!("no {what} with id {id}"))
+}
+
+fn requeue_error(err: RequeueError) -> Status {
+    match err {
+        RequeueError::NotFound(id) => not_found("run", id),
+        RequeueError::NotRetryable(reason) => Status::failed_precondition(reason),
+        RequeueError::Queue(err) => queue_error(err),
+        RequeueError::Database(err) => database_error(err),
+    }
+}
+
+fn queue_error(err: QueueError) -> Status {
+    tracing::error!(error = %err, "RabbitMQ error in the admin API");
+    Status::unavailable(format!("{err}; try again"))
+}
+
+/// `created_at` in microseconds and the run id: where a page of runs ended.
+fn page_token(run: &Run) -> String {
+    format!("{}_{}", run.created_at.timestamp_micros(), run.run_id)
+}
+
+fn parse_page_token(token: &str) -> Result<Option<(DateTime<Utc>, Uuid)>, Status> {
+    if token.is_empty() {
+        return Ok(None);
+    }
+    let bad = || Status::invalid_argument("page_token is not one this server issued");
+    let (micros, id) = token.split_once('_').ok_or_else(bad)?;
+    let micros: i64 = micros.parse().map_err(|_| bad())?;
+    let created_at = DateTime::from_timestamp_micros(micros).ok_or_else(bad)?;
+    let id = Uuid::parse_str(id).map_err(|_| bad())?;
+    Ok(Some((created_at, id)))
+}
+
+#[tonic::async_trait]
+impl TaskAdmin for Admin {
+    async fn create_binding(
+        &self,
+        request: Request<pb::CreateBindingRequest>,
+    ) -> Result<Response<pb::Binding>, Status> {
+        let request = request.into_inner();
+        let form_id = parse_uuid("form_id", &request.form_id)?;
+        let name = request.name.trim().to_owned();
+        if name.is_empty() {
+            return Err(Status::invalid_argument("name is missing"));
+        }
+        let mode = parse_mode(request.mode)?;
+        let config = config_from_proto(request.config);
+        self.check(&request.kind, mode, &config)?;
+        let mut options = BindingOptions::default();
+        apply_options(&mut options, request.options)?;
+        let binding = store::insert_binding(
+            &self.pool,
+            NewBinding {
+                form_id,
+                name,
+                kind: request.kind,
+                mode,
+                config,
+                enabled: request.enabled.unwrap_or(true),
+                options,
+            },
+        )
+        .await
+        .map_err(database_error)?;
+        tracing::info!(binding_id = %binding.id, form_id = %binding.form_id, kind = %binding.kind, "binding created");
+        self.refresh().await;
+        Ok(Response::new(binding_to_proto(&self.registry, binding)))
+    }
+
+    async fn get_binding(
+        &self,
+        request: Request<pb::GetBindingRequest>,
+    ) -> Result<Response<pb::Binding>, Status> {
+        let id = parse_uuid("id", &request.into_inner().id)?;
+        let binding = store::get_binding(&self.pool, id)
+            .await
+            .map_err(database_error)?
+            .ok_or_else(|| not_found("binding", id))?;
+        Ok(Response::new(binding_to_proto(&self.registry, binding)))
+    }
+
+    async fn list_bindings(
+        &self,
+        request: Request<pb::ListBindingsRequest>,
+    ) -> Result<Response<pb::ListBindingsResponse>, Status> {
+        let bindings = match parse_optional_uuid("form_id", &request.into_inner().form_id)? {
+            Some(form_id) => store::form_bindings(&self.pool, form_id).await,
+            None => store::all_bindings(&self.pool).await,
+        }
+        .map_err(database_error)?;
+        Ok(Response::new(pb::ListBindingsResponse {
+            bindings: bindings
+                .into_iter()
+                .map(|b| binding_to_proto(&self.registry, b))
+                .collect(),
+        }))
+    }
+
+    async fn update_binding(
+        &self,
+        request: Request<pb::UpdateBindingRequest>,
+    ) -> Result<Response<pb::Binding>, Status> {
+        let request = request.into_inner();
+        let id = parse_uuid("id", &request.id)?;
+        let mut binding = store::get_binding(&self.pool, id)
+            .await
+            .map_err(database_error)?
+            .ok_or_else(|| not_found("binding", id))?;
+        if let Some(name) = request.name {
+            let name = name.trim().to_owned();
+            if name.is_empty() {
+                return Err(Status::invalid_argument("name cannot be empty"));
+            }
+            binding.name = name;
+        }
+        if let Some(mode) = request.mode {
+            binding.mode = parse_mode(mode)?;
+        }
+        if request.config.is_some() {
+            binding.config = config_from_proto(request.config);
+        }
+        if let Some(enabled) = request.enabled {
+            binding.enabled = enabled;
+        }
+        apply_options(&mut binding.options, request.options)?;
+        self.check(&binding.kind, binding.mode, &binding.config)?;
+        let binding = store::update_binding(&self.pool, &binding)
+            .await
+            .map_err(database_error)?
+            .ok_or_else(|| not_found("binding", id))?;
+        self.refresh().await;
+        Ok(Response::new(binding_to_proto(&self.registry, binding)))
+    }
+
+    async fn delete_binding(
+        &self,
+        request: Request<pb::DeleteBindingRequest>,
+    ) -> Result<Response<()>, Status> {
+        let id = parse_uuid("id", &request.into_inner().id)?;
+        if !store::delete_binding(&self.pool, id)
+            .await
+            .map_err(database_error)?
+        {
+            return Err(not_found("binding", id));
+        }
+        self.refresh().await;
+        Ok(Response::new(()))
+    }
+
+    async fn list_task_kinds(
+        &self,
+        _request: Request<pb::ListTaskKindsRequest>,
+    ) -> Result<Response<pb::ListTaskKindsResponse>, Status> {
+        let kinds = self
+            .registry
+            .kinds()
+            .map(|task| pb::TaskKind {
+                name: task.kind().into(),
+                description: task.description().into(),
+                modes: task
+                    .modes()
+                    .iter()
+                    .map(|m| mode_to_proto(*m).into())
+                    .collect(),
+            })
+            .collect();
+        Ok(Response::new(pb::ListTaskKindsResponse { kinds }))
+    }
+
+    async fn list_runs(
+        &self,
+        request: Request<pb::ListRunsRequest>,
+    ) -> Result<Response<pb::ListRunsResponse>, Status> {
+        let request = request.into_inner();
+        let filter = RunFilter {
+            form_id: parse_optional_uuid("form_id", &request.form_id)?,
+            submission_id: parse_optional_uuid("submission_id", &request.submission_id)?,
+            binding_id: parse_optional_uuid("binding_id", &request.binding_id)?,
+            status: status_from_proto(request.status)?,
+            created_after: request
+                .created_after
+                .map(|t| from_timestamp("created_after", t))
+                .transpose()?,
+            created_before: request
+                .created_before
+                .map(|t| from_timestamp("created_before", t))
+                .transpose()?,
+            after_key: parse_page_token(&request.page_token)?,
+        };
+        let page_size = match request.page_size {
+            0 => DEFAULT_PAGE,
+            n => n.min(MAX_PAGE),
+        };
+        // One extra row tells whether another page follows.
+        let mut runs = store::list_runs(&self.pool, &filter, i64::from(page_size) + 1)
+            .await
+            .map_err(database_error)?;
+        let next_page_token = if runs.len() > page_size as usize {
+            runs.truncate(page_size as usize);
+            runs.last().map(page_token).unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok(Response::new(pb::ListRunsResponse {
+            runs: runs
+                .into_iter()
+                .map(|run| run_to_proto(run, Vec::new()))
+                .collect(),
+            next_page_token,
+        }))
+    }
+
+    async fn get_run(
+        &self,
+        request: Request<pb::GetRunRequest>,
+    ) -> Result<Response<pb::Run>, Status> {
+        let run_id = parse_uuid("run_id", &request.into_inner().run_id)?;
+        let run = store::get_run(&self.pool, run_id)
+            .await
+            .map_err(database_error)?
+            .ok_or_else(|| not_found("run", run_id))?;
+        self.run_with_attempts(run).await
+    }
+
+    async fn retry_run(
+        &self,
+        request: Request<pb::RetryRunRequest>,
+    ) -> Result<Response<pb::Run>, Status> {
+        let run_id = parse_uuid("run_id", &request.into_inner().run_id)?;
+        let run = requeue::retry_run(&self.pool, &self.publisher, run_id)
+            .await
+            .map_err(requeue_error)?;
+        self.run_with_attempts(run).await
+    }
+
+    async fn replay_dead_letters(
+        &self,
+        request: Request<pb::ReplayDeadLettersRequest>,
+    ) -> Result<Response<pb::ReplayDeadLettersResponse>, Status> {
+        let request = request.into_inner();
+        let form_id = parse_optional_uuid("form_id", &request.form_id)?;
+        let kinds: Vec<String> = if request.kind.is_empty() {
+            self.registry.kinds().map(|k| k.kind().to_owned()).collect()
+        } else if self.registry.get(&request.kind).is_some() {
+            vec![request.kind]
+        } else {
+            return Err(Status::invalid_argument(format!(
+                "unknown task kind `{}`",
+                request.kind
+            )));
+        };
+        let replayed = requeue::replay_dead_letters(&self.pool, &self.publisher, &kinds, form_id)
+            .await
+            .map_err(requeue_error)?;
+        Ok(Response::new(pb::ReplayDeadLettersResponse { replayed }))
+    }
+}

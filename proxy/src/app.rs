@@ -1,0 +1,338 @@
+//! Start-up and shutdown: the shared parts, the proxy's servers and the worker, built the
+//! same way by `main` and by the tests (listeners bound here, so port 0 works).
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use anyhow::Context as _;
+use axum::{Json, Router, extract::State, http::StatusCode, routing::get};
+use postsub::pb::{
+    FILE_DESCRIPTOR_SET, post_submission_server::PostSubmissionServer,
+    task_admin_server::TaskAdminServer,
+};
+use postsub_tasks::{Registry, TaskState};
+use serde_json::json;
+use sqlx::PgPool;
+use tokio::{net::TcpListener, task::JoinHandle};
+use tokio_util::sync::CancellationToken;
+use tonic::transport::server::TcpIncoming;
+
+use crate::{
+    admin::Admin,
+    bindings::BindingCache,
+    db,
+    dispatch::{DispatchLimits, Dispatcher},
+    outbox::Outbox,
+    queue::{Publisher, QueueSettings},
+    recorder::Recorder,
+    settings::{BrokerSettings, DatabaseSettings, DevSettings, ProxySettings, WorkerSettings},
+    state::PgTaskState,
+    worker::{Worker, WorkerLimits},
+};
+
+/// Records the recorder may hold before callers wait.
+const RECORDER_CAPACITY: usize = 10_000;
+/// How long shutdown waits for the recorder to write what it holds.
+const RECORDER_FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What the proxy and the worker share: database, task kinds, binding cache, recorder.
+pub struct Services {
+    /// The proxy's database.
+    pub pool: PgPool,
+    /// Task kinds.
+    pub registry: Registry,
+    /// Bindings in memory, kept fresh until shutdown.
+    pub cache: BindingCache,
+    /// The batching run-history writer.
+    pub recorder: Recorder,
+    /// Queue names and broker URL.
+    pub queues: QueueSettings,
+    /// The tasks' durable per-binding state.
+    pub state: Arc<dyn TaskState>,
+    recorder_task: JoinHandle<()>,
+    follower: JoinHandle<()>,
+    stop_following: CancellationToken,
+}
+
+impl Services {
+    /// Connects to an already migrated database and starts the cache and the recorder.
+    pub async fn start(
+        database: &DatabaseSettings,
+        broker: &BrokerSettings,
+        registry: Registry,
+    ) -> anyhow::Result<Self> {
+        crate::telemetry::prometheus();
+        let pool = db::connect_migrated(&database.database_url).await?;
+        let cache = BindingCache::load(pool.clone(), registry.clone())
+            .await
+            .context("loading bindings")?;
+        let stop_following = CancellationToken::new();
+        let follower = tokio::spawn(cache.clone().follow_changes(stop_following.clone()));
+        let (recorder, recorder_task) = Recorder::start(pool.clone(), RECORDER_CAPACITY);
+        let queues = QueueSettings {
+            url: broker.amqp_url.clone(),
+            prefix: broker.queue_prefix.clone(),
+            kinds: registry.kinds().map(|k| k.kind().to_owned()).collect(),
+            quorum: broker.quorum_queues,
+        };
+        Ok(Self {
+            state: Arc::new(PgTaskState::new(pool.clone())),
+            pool,
+            registry,
+            cache,
+            recorder,
+            queues,
+            recorder_task,
+            follower,
+            stop_following,
+        })
+    }
+
+    /// Writes what the recorder holds and stops the background tasks. Call after the proxy
+    /// and worker stopped (they hold recorder handles too).
+    pub async fn stop(self) {
+        self.stop_following.cancel();
+        let _ = self.follower.await;
+        drop(self.recorder);
+        if tokio::time::timeout(RECORDER_FLUSH_TIMEOUT, self.recorder_task)
+            .await
+            .is_err()
+        {
+            tracing::error!("the run recorder did not finish writing in time");
+        }
+        self.pool.close().await;
+    }
+
+    /// A worker over these services.
+    pub fn worker(&self, settings: &WorkerSettings) -> anyhow::Result<Worker> {
+        let expiry_webhook = settings
+            .expiry_webhook
+            .as_deref()
+            .map(reqwest::Url::parse)
+            .transpose()
+            .context("--expiry-webhook is not a URL")?;
+        Ok(Worker::new(
+            self.queues.clone(),
+            self.pool.clone(),
+            self.cache.clone(),
+            self.recorder.clone(),
+            self.state.clone(),
+            WorkerLimits {
+                prefetch: settings.prefetch,
+                concurrency: settings.concurrency,
+                task_timeout: settings.task_timeout,
+                drain_timeout: settings.drain_timeout,
+                expiry_webhook,
+            },
+        ))
+    }
+
+    /// The HTTP server of a worker process: `/healthz`, `/readyz`, `/metrics`, until
+    /// `shutdown`.
+    pub async fn serve_worker_http(
+        &self,
+        addr: SocketAddr,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<JoinHandle<()>> {
+        let listener = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr} (worker HTTP)"))?;
+        let routes = health_routes(self.pool.clone());
+        Ok(tokio::spawn(async move {
+            let _ = axum::serve(listener, routes)
+                .with_graceful_shutdown(shutdown.cancelled_owned())
+                .await;
+        }))
+    }
+}
+
+/// The proxy: gRPC (PostSubmission, TaskAdmin, health, reflection) and HTTP health.
+pub struct Proxy {
+    grpc: TcpListener,
+    http: TcpListener,
+    dispatcher: Dispatcher,
+    admin: Admin,
+    publisher: Arc<Publisher>,
+    outbox: Outbox,
+    pool: PgPool,
+    max_answers_bytes: usize,
+}
+
+impl Proxy {
+    /// Binds both listeners and connects to RabbitMQ.
+    pub async fn build(services: &Services, settings: &ProxySettings) -> anyhow::Result<Self> {
+        let publisher = Arc::new(Publisher::new(services.queues.clone()));
+        publisher
+            .connect()
+            .await
+            .context("cannot connect to RabbitMQ (AMQP_URL)")?;
+        let grpc = TcpListener::bind(settings.grpc_addr)
+            .await
+            .with_context(|| format!("cannot listen on {} (gRPC)", settings.grpc_addr))?;
+        let http = TcpListener::bind(settings.http_addr)
+            .await
+            .with_context(|| format!("cannot listen on {} (HTTP)", settings.http_addr))?;
+        let outbox = Outbox::new(services.pool.clone());
+        let dispatcher = Dispatcher::new(
+            services.cache.clone(),
+            publisher.clone(),
+            services.recorder.clone(),
+            services.state.clone(),
+            outbox.clone(),
+            DispatchLimits {
+                max_answers_bytes: settings.max_answers_bytes,
+                sync_timeout: settings.sync_timeout,
+            },
+        );
+        let admin = Admin::new(
+            services.pool.clone(),
+            services.registry.clone(),
+            services.cache.clone(),
+            publisher.clone(),
+        );
+        Ok(Self {
+            grpc,
+            http,
+            dispatcher,
+            admin,
+            publisher,
+            outbox,
+            pool: services.pool.clone(),
+            max_answers_bytes: settings.max_answers_bytes,
+        })
+    }
+
+    /// Address of the gRPC server.
+    pub fn grpc_addr(&self) -> SocketAddr {
+        self.grpc.local_addr().expect("bound listener")
+    }
+
+    /// Address of the HTTP server.
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http.local_addr().expect("bound listener")
+    }
+
+    /// Serves until `shutdown`, then finishes the calls in flight.
+    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let (health, health_service) = tonic_health::server::health_reporter();
+        health
+            .set_serving::<PostSubmissionServer<Dispatcher>>()
+            .await;
+        health.set_serving::<TaskAdminServer<Admin>>().await;
+        let reflection = || {
+            tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        };
+        // Both reflection versions: grpcurl and older clients still ask v1alpha.
+        let reflection_v1 = reflection().build_v1()?;
+        let reflection_v1alpha = reflection().build_v1alpha()?;
+        // Decoding stops well before memory is at risk; the precise answers limit, with a
+        // readable message, is the dispatcher's.
+        let max_message = self.max_answers_bytes.saturating_mul(2).max(64 * 1024);
+        let grpc = tonic::transport::Server::builder()
+            .add_service(health_service)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
+            .add_service(
+                PostSubmissionServer::new(self.dispatcher).max_decoding_message_size(max_message),
+            )
+            .add_service(TaskAdminServer::new(self.admin))
+            .serve_with_incoming_shutdown(
+                // Without TCP_NODELAY, replies written in several small pieces wait for the
+                // peer's delayed ACK (40 ms).
+                TcpIncoming::from(self.grpc).with_nodelay(Some(true)),
+                shutdown.clone().cancelled_owned(),
+            );
+        let http = axum::serve(self.http, health_routes(self.pool))
+            .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+        // The relay stops with the servers; what it has not published stays in the outbox
+        // for the next proxy to start.
+        let relay = self.outbox.relay(self.publisher.clone(), shutdown.clone());
+        tracing::info!("postsub proxy serving");
+        let (grpc, http, ()) = tokio::join!(grpc, http, relay);
+        self.publisher.close().await;
+        grpc.context("gRPC server failed")?;
+        http.context("HTTP server failed")?;
+        Ok(())
+    }
+}
+
+/// A running `postsub dev`: migrated database, proxy and worker in this process.
+pub struct DevStack {
+    grpc_addr: SocketAddr,
+    http_addr: SocketAddr,
+    shutdown: CancellationToken,
+    task: JoinHandle<anyhow::Result<()>>,
+}
+
+impl DevStack {
+    /// Migrates, starts the proxy and a worker, and returns once both listen.
+    pub async fn start(
+        settings: &DevSettings,
+        registry: Registry,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<Self> {
+        db::migrate(&settings.database.database_url).await?;
+        let services = Services::start(&settings.database, &settings.broker, registry).await?;
+        let proxy = Proxy::build(&services, &settings.proxy).await?;
+        let (grpc_addr, http_addr) = (proxy.grpc_addr(), proxy.http_addr());
+        let worker = services.worker(&settings.worker)?;
+        let stop = shutdown.clone();
+        let task = tokio::spawn(async move {
+            let worker = tokio::spawn(worker.run(stop.clone()));
+            let served = proxy.run(stop).await;
+            let _ = worker.await;
+            services.stop().await;
+            served
+        });
+        Ok(Self {
+            grpc_addr,
+            http_addr,
+            shutdown,
+            task,
+        })
+    }
+
+    /// Address of the gRPC server.
+    pub fn grpc_addr(&self) -> SocketAddr {
+        self.grpc_addr
+    }
+
+    /// Address of the HTTP server.
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+
+    /// Waits until the shutdown token is cancelled and everything has stopped.
+    pub async fn wait(self) -> anyhow::Result<()> {
+        self.task.await.context("the dev stack panicked")?
+    }
+
+    /// Cancels the shutdown token and waits until everything has stopped.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        self.shutdown.cancel();
+        self.wait().await
+    }
+}
+
+fn health_routes(pool: PgPool) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(ready))
+        .route(
+            "/metrics",
+            get(|| async { crate::telemetry::prometheus().render() }),
+        )
+        .with_state(pool)
+}
+
+/// Ready when the database answers (RabbitMQ outages are survived per call).
+async fn ready(State(pool): State<PgPool>) -> (StatusCode, Json<serde_json::Value>) {
+    match sqlx::query("SELECT 1").execute(&pool).await {
+        Ok(_) => (StatusCode::OK, Json(json!({"status": "ready"}))),
+        Err(err) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "unavailable", "error": format!("database: {err}")})),
+        ),
+    }
+}

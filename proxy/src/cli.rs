@@ -1,0 +1,165 @@
+//! The `postsub` command line: server commands and the admin client.
+
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use postsub_tasks::Registry;
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    app::{DevStack, Proxy, Services},
+    client::{self, BindingsCommand, DlqCommand, RunsCommand},
+    db,
+    settings::{BrokerSettings, DatabaseSettings, DevSettings, ProxySettings, WorkerSettings},
+};
+
+/// postsub: post-submission tasks for form backends.
+#[derive(Debug, Parser)]
+#[command(name = "postsub", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Create the database if missing and apply migrations.
+    Migrate(DatabaseSettings),
+    /// Run the gRPC proxy.
+    Serve(ServeArgs),
+    /// Run a worker.
+    Worker(WorkerArgs),
+    /// Migrate, then run the proxy and a worker in one process (for a first run).
+    Dev(DevSettings),
+    /// Manage bindings of tasks to forms.
+    #[command(subcommand)]
+    Bindings(BindingsCommand),
+    /// List the task kinds the proxy knows.
+    Kinds(client::ServerArgs),
+    /// Look at the run history; retry a dead run.
+    #[command(subcommand)]
+    Runs(RunsCommand),
+    /// Work with the dead-letter queues.
+    #[command(subcommand)]
+    Dlq(DlqCommand),
+}
+
+#[derive(Debug, Args)]
+struct ServeArgs {
+    #[command(flatten)]
+    database: DatabaseSettings,
+    #[command(flatten)]
+    broker: BrokerSettings,
+    #[command(flatten)]
+    proxy: ProxySettings,
+}
+
+#[derive(Debug, Args)]
+struct WorkerArgs {
+    #[command(flatten)]
+    database: DatabaseSettings,
+    #[command(flatten)]
+    broker: BrokerSettings,
+    #[command(flatten)]
+    worker: WorkerSettings,
+}
+
+/// Parses the command line and runs the command.
+pub async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let server = !matches!(
+        cli.command,
+        Command::Bindings(_) | Command::Kinds(_) | Command::Runs(_) | Command::Dlq(_)
+    );
+    init_tracing(if server { "info" } else { "warn" });
+    let result = match cli.command {
+        Command::Migrate(database) => db::migrate(&database.database_url).await,
+        Command::Serve(args) => serve(args).await,
+        Command::Worker(args) => worker(args).await,
+        Command::Dev(args) => dev(args).await,
+        Command::Bindings(command) => client::bindings(command).await,
+        Command::Kinds(server) => client::kinds(server).await,
+        Command::Runs(command) => client::runs(command).await,
+        Command::Dlq(command) => client::dlq(command).await,
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let services = Services::start(&args.database, &args.broker, Registry::with_builtins()).await?;
+    let proxy = Proxy::build(&services, &args.proxy).await?;
+    announce(&proxy);
+    proxy.run(shutdown_signal()).await?;
+    services.stop().await;
+    Ok(())
+}
+
+async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
+    let services = Services::start(&args.database, &args.broker, Registry::with_builtins()).await?;
+    let worker = services.worker(&args.worker)?;
+    let shutdown = shutdown_signal();
+    let http = services
+        .serve_worker_http(args.worker.worker_http_addr, shutdown.clone())
+        .await?;
+    tracing::info!(http = %args.worker.worker_http_addr, "worker listening");
+    worker.run(shutdown).await;
+    let _ = http.await;
+    services.stop().await;
+    Ok(())
+}
+
+async fn dev(settings: DevSettings) -> anyhow::Result<()> {
+    let stack = DevStack::start(&settings, Registry::with_builtins(), shutdown_signal()).await?;
+    tracing::info!(grpc = %stack.grpc_addr(), http = %stack.http_addr(), "listening");
+    stack.wait().await
+}
+
+fn announce(proxy: &Proxy) {
+    tracing::info!(grpc = %proxy.grpc_addr(), http = %proxy.http_addr(), "listening");
+}
+
+/// Cancelled on Ctrl-C or SIGTERM.
+fn shutdown_signal() -> CancellationToken {
+    let token = CancellationToken::new();
+    let cancel = token.clone();
+    tokio::spawn(async move {
+        let ctrl_c = tokio::signal::ctrl_c();
+        #[cfg(unix)]
+        let terminate = async {
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(mut signal) => {
+                    signal.recv().await;
+                }
+                Err(_) => std::future::pending().await,
+            }
+        };
+        #[cfg(not(unix))]
+        let terminate = std::future::pending::<()>();
+        tokio::select! {
+            _ = ctrl_c => {}
+            () = terminate => {}
+        }
+        tracing::info!("shutting down");
+        cancel.cancel();
+        // A second Ctrl-C while draining means "now".
+        if tokio::signal::ctrl_c().await.is_ok() {
+            std::process::exit(130);
+        }
+    });
+    token
+}

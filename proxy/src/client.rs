@@ -1,0 +1,526 @@
+//! The admin client commands (`postsub bindings|kinds|runs|dlq`): they speak to a proxy's
+//! `TaskAdmin` API and print JSON (or a table for `runs list` without `--json`).
+
+use anyhow::{Context as _, anyhow};
+use clap::{Args, Subcommand};
+use postsub::{
+    json::{from_proto_struct, from_proto_timestamp, from_proto_value, to_proto_struct},
+    pb::{self, task_admin_client::TaskAdminClient},
+};
+use postsub_tasks::Mode;
+use serde_json::{Value, json};
+use tonic::transport::Channel;
+
+use crate::run::{AttemptStatus, RunStatus, mode_from_proto, mode_to_proto};
+
+/// Which proxy to talk to.
+#[derive(Debug, Clone, Args)]
+pub struct ServerArgs {
+    /// The proxy's gRPC address.
+    #[arg(long, env = "POSTSUB_SERVER", default_value = "http://127.0.0.1:50051")]
+    server: String,
+}
+
+/// Binding options, flags named as in the API; the proxy checks them. Durations are
+/// written `500ms`, `10s`, `5m`, `1h`, `1d`; `default` sets one back to its default.
+#[derive(Debug, Clone, Default, Args)]
+pub struct OptionsArgs {
+    /// Attempts in all, the first included (async; default 5).
+    #[arg(long)]
+    max_attempts: Option<u32>,
+    /// Wait after the first failed attempt, doubling per attempt (default 1s).
+    #[arg(long)]
+    backoff_initial: Option<String>,
+    /// Longest wait between attempts (default 5m).
+    #[arg(long)]
+    backoff_max: Option<String>,
+    /// How long one attempt may run (default: the proxy's --sync-timeout or the worker's
+    /// --task-timeout).
+    #[arg(long)]
+    timeout: Option<String>,
+    /// Run no earlier than this long after the submission (async).
+    #[arg(long)]
+    delay: Option<String>,
+    /// Give up on a job not started this long after the submission: the run is `expired`.
+    #[arg(long)]
+    expires_after: Option<String>,
+}
+
+impl From<OptionsArgs> for pb::BindingOptions {
+    fn from(args: OptionsArgs) -> Self {
+        pb::BindingOptions {
+            max_attempts: args.max_attempts,
+            backoff_initial: args.backoff_initial.unwrap_or_default(),
+            backoff_max: args.backoff_max.unwrap_or_default(),
+            timeout: args.timeout.unwrap_or_default(),
+            delay: args.delay.unwrap_or_default(),
+            expires_after: args.expires_after.unwrap_or_default(),
+        }
+    }
+}
+
+/// `postsub bindings …`
+#[allow(missing_docs)] // the `server` flags document themselves in `--help`
+#[derive(Debug, Subcommand)]
+pub enum BindingsCommand {
+    /// Bind a task kind to a form; prints the binding.
+    Create {
+        #[command(flatten)]
+        server: ServerArgs,
+        /// Form id (UUID).
+        #[arg(long)]
+        form: String,
+        /// Name, unique per form.
+        #[arg(long)]
+        name: String,
+        /// Task kind (`postsub kinds` lists them).
+        #[arg(long)]
+        kind: String,
+        /// `sync` (inline, result in the submit response) or `async` (queued).
+        #[arg(long)]
+        mode: Mode,
+        /// The kind's config, as JSON.
+        #[arg(long, default_value = "{}")]
+        config: String,
+        /// Create it disabled.
+        #[arg(long)]
+        disabled: bool,
+        #[command(flatten)]
+        options: OptionsArgs,
+    },
+    /// List bindings, of one form or all.
+    List {
+        #[command(flatten)]
+        server: ServerArgs,
+        /// Only this form's bindings.
+        #[arg(long)]
+        form: Option<String>,
+    },
+    /// Show one binding.
+    Get {
+        #[command(flatten)]
+        server: ServerArgs,
+        /// Binding id.
+        id: String,
+    },
+    /// Change a binding; only the given fields change.
+    Update {
+        #[command(flatten)]
+        server: ServerArgs,
+        /// Binding id.
+        id: String,
+        /// New name.
+        #[arg(long)]
+        name: Option<String>,
+        /// New mode.
+        #[arg(long)]
+        mode: Option<Mode>,
+        /// New config, as JSON (replaces the old one whole).
+        #[arg(long)]
+        config: Option<String>,
+        /// Enable (`true`) or disable (`false`).
+        #[arg(long)]
+        enabled: Option<bool>,
+        #[command(flatten)]
+        options: OptionsArgs,
+    },
+    /// Delete a binding (its runs stay in the history).
+    Delete {
+        #[command(flatten)]
+        server: ServerArgs,
+        /// Binding id.
+        id: String,
+    },
+}
+
+/// `postsub runs …`
+#[allow(missing_docs)] // the `server` flags document themselves in `--help`
+#[derive(Debug, Subcommand)]
+pub enum RunsCommand {
+    /// List runs, newest first.
+    List {
+        #[command(flatten)]
+        server: ServerArgs,
+        /// Only runs of this form.
+        #[arg(long)]
+        form: Option<String>,
+        /// Only runs of this submission.
+        #[arg(long)]
+        submission: Option<String>,
+        /// Only runs of this binding.
+        #[arg(long)]
+        binding: Option<String>,
+        /// Only runs in this status (queued, running, succeeded, failed, dead, expired).
+        #[arg(long)]
+        status: Option<RunStatus>,
+        /// At most this many runs.
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+        /// Print a JSON array instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one run as JSON, with every attempt.
+    Get {
+        #[command(flatten)]
+        server: ServerArgs,
+        /// Run id.
+        run_id: String,
+    },
+    /// Queue a dead (or failed or expired) async run again, for a new round of attempts;
+    /// prints it.
+    Retry {
+        #[command(flatten)]
+        server: ServerArgs,
+        /// Run id.
+        run_id: String,
+    },
+}
+
+/// `postsub dlq …`
+#[allow(missing_docs)] // the `server` flags document themselves in `--help`
+#[derive(Debug, Subcommand)]
+pub enum DlqCommand {
+    /// Move dead-lettered jobs back to their work queues, each for a new round of attempts.
+    Replay {
+        #[command(flatten)]
+        server: ServerArgs,
+        /// Only this task kind's dead-letter queue.
+        #[arg(long)]
+        kind: Option<String>,
+        /// Only jobs of this form (UUID).
+        #[arg(long)]
+        form: Option<String>,
+    },
+}
+
+async fn connect(server: &ServerArgs) -> anyhow::Result<TaskAdminClient<Channel>> {
+    TaskAdminClient::connect(server.server.clone())
+        .await
+        .with_context(|| format!("cannot reach the postsub proxy at {}", server.server))
+}
+
+/// A gRPC error as the person at the terminal should read it.
+fn status_error(status: tonic::Status) -> anyhow::Error {
+    anyhow!("{} ({:?})", status.message(), status.code())
+}
+
+fn parse_config(text: &str) -> anyhow::Result<prost_types::Struct> {
+    match serde_json::from_str::<Value>(text) {
+        Ok(Value::Object(map)) => Ok(to_proto_struct(map)),
+        Ok(_) => Err(anyhow!("--config must be a JSON object")),
+        Err(err) => Err(anyhow!("--config is not valid JSON: {err}")),
+    }
+}
+
+fn mode_name(mode: i32) -> &'static str {
+    mode_from_proto(mode).map_or("unspecified", Mode::as_str)
+}
+
+fn status_name(status: i32) -> &'static str {
+    pb::RunStatus::try_from(status)
+        .ok()
+        .and_then(RunStatus::from_proto)
+        .map_or("unspecified", RunStatus::as_str)
+}
+
+fn attempt_status_name(status: i32) -> &'static str {
+    pb::AttemptStatus::try_from(status)
+        .ok()
+        .and_then(AttemptStatus::from_proto)
+        .map_or("unspecified", AttemptStatus::as_str)
+}
+
+/// An empty string as JSON `null`.
+fn text_or_null(text: String) -> Value {
+    if text.is_empty() {
+        Value::Null
+    } else {
+        Value::String(text)
+    }
+}
+
+fn time(t: Option<prost_types::Timestamp>) -> Value {
+    t.and_then(from_proto_timestamp)
+        .map_or(Value::Null, |t| Value::String(t.to_rfc3339()))
+}
+
+fn binding_json(binding: pb::Binding) -> Value {
+    json!({
+        "id": binding.id,
+        "form_id": binding.form_id,
+        "name": binding.name,
+        "kind": binding.kind,
+        "mode": mode_name(binding.mode),
+        "config": Value::Object(binding.config.map(from_proto_struct).unwrap_or_default()),
+        "enabled": binding.enabled,
+        "options": binding.options.map_or(Value::Null, options_json),
+        "created_at": time(binding.created_at),
+        "updated_at": time(binding.updated_at),
+    })
+}
+
+fn options_json(options: pb::BindingOptions) -> Value {
+    json!({
+        "max_attempts": options.max_attempts,
+        "backoff_initial": text_or_null(options.backoff_initial),
+        "backoff_max": text_or_null(options.backoff_max),
+        "timeout": text_or_null(options.timeout),
+        "delay": text_or_null(options.delay),
+        "expires_after": text_or_null(options.expires_after),
+    })
+}
+
+fn run_json(run: pb::Run) -> Value {
+    let flags: Vec<Value> = run
+        .flags
+        .into_iter()
+        .map(|f| json!({"field": f.field, "rule": f.rule, "message": f.message}))
+        .collect();
+    let history: Vec<Value> = run
+        .attempt_history
+        .into_iter()
+        .map(|a| {
+            json!({
+                "attempt": a.attempt,
+                "status": attempt_status_name(a.status),
+                "error": text_or_null(a.error),
+                "started_at": time(a.started_at),
+                "finished_at": time(a.finished_at),
+            })
+        })
+        .collect();
+    let mut json = json!({
+        "run_id": run.run_id,
+        "binding_id": run.binding_id,
+        "form_id": run.form_id,
+        "submission_id": run.submission_id,
+        "kind": run.kind,
+        "mode": mode_name(run.mode),
+        "status": status_name(run.status),
+        "attempts": run.attempts,
+        "output": run.output.map_or(Value::Null, from_proto_value),
+        "flags": flags,
+        "error": text_or_null(run.error),
+        "created_at": time(run.created_at),
+        "started_at": time(run.started_at),
+        "finished_at": time(run.finished_at),
+        "updated_at": time(run.updated_at),
+    });
+    if !history.is_empty() {
+        json["attempt_history"] = Value::Array(history);
+    }
+    json
+}
+
+fn print_json(value: &Value) {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(value).expect("JSON values serialize")
+    );
+}
+
+/// Runs a `postsub bindings` command.
+pub async fn bindings(command: BindingsCommand) -> anyhow::Result<()> {
+    match command {
+        BindingsCommand::Create {
+            server,
+            form,
+            name,
+            kind,
+            mode,
+            config,
+            disabled,
+            options,
+        } => {
+            let request = pb::CreateBindingRequest {
+                form_id: form,
+                name,
+                kind,
+                mode: mode_to_proto(mode).into(),
+                config: Some(parse_config(&config)?),
+                enabled: Some(!disabled),
+                options: Some(options.into()),
+            };
+            let binding = connect(&server)
+                .await?
+                .create_binding(request)
+                .await
+                .map_err(status_error)?;
+            print_json(&binding_json(binding.into_inner()));
+        }
+        BindingsCommand::List { server, form } => {
+            let request = pb::ListBindingsRequest {
+                form_id: form.unwrap_or_default(),
+            };
+            let bindings = connect(&server)
+                .await?
+                .list_bindings(request)
+                .await
+                .map_err(status_error)?
+                .into_inner()
+                .bindings;
+            print_json(&Value::Array(
+                bindings.into_iter().map(binding_json).collect(),
+            ));
+        }
+        BindingsCommand::Get { server, id } => {
+            let binding = connect(&server)
+                .await?
+                .get_binding(pb::GetBindingRequest { id })
+                .await
+                .map_err(status_error)?;
+            print_json(&binding_json(binding.into_inner()));
+        }
+        BindingsCommand::Update {
+            server,
+            id,
+            name,
+            mode,
+            config,
+            enabled,
+            options,
+        } => {
+            let request = pb::UpdateBindingRequest {
+                id,
+                name,
+                mode: mode.map(|m| mode_to_proto(m).into()),
+                config: config.as_deref().map(parse_config).transpose()?,
+                enabled,
+                options: Some(options.into()),
+            };
+            let binding = connect(&server)
+                .await?
+                .update_binding(request)
+                .await
+                .map_err(status_error)?;
+            print_json(&binding_json(binding.into_inner()));
+        }
+        BindingsCommand::Delete { server, id } => {
+            connect(&server)
+                .await?
+                .delete_binding(pb::DeleteBindingRequest { id: id.clone() })
+                .await
+                .map_err(status_error)?;
+            print_json(&json!({"deleted": id}));
+        }
+    }
+    Ok(())
+}
+
+/// Runs `postsub kinds`.
+pub async fn kinds(server: ServerArgs) -> anyhow::Result<()> {
+    let kinds = connect(&server)
+        .await?
+        .list_task_kinds(pb::ListTaskKindsRequest {})
+        .await
+        .map_err(status_error)?
+        .into_inner()
+        .kinds;
+    let kinds: Vec<Value> = kinds
+        .into_iter()
+        .map(|k| {
+            let modes: Vec<&str> = k.modes.iter().map(|m| mode_name(*m)).collect();
+            json!({"name": k.name, "description": k.description, "modes": modes})
+        })
+        .collect();
+    print_json(&Value::Array(kinds));
+    Ok(())
+}
+
+/// Runs a `postsub runs` command.
+pub async fn runs(command: RunsCommand) -> anyhow::Result<()> {
+    match command {
+        RunsCommand::List {
+            server,
+            form,
+            submission,
+            binding,
+            status,
+            limit,
+            json,
+        } => {
+            let status = status.map_or(pb::RunStatus::Unspecified, pb::RunStatus::from);
+            let request = pb::ListRunsRequest {
+                form_id: form.unwrap_or_default(),
+                submission_id: submission.unwrap_or_default(),
+                binding_id: binding.unwrap_or_default(),
+                status: status.into(),
+                page_size: limit,
+                ..Default::default()
+            };
+            let runs = connect(&server)
+                .await?
+                .list_runs(request)
+                .await
+                .map_err(status_error)?
+                .into_inner()
+                .runs;
+            let runs: Vec<Value> = runs.into_iter().map(run_json).collect();
+            if json {
+                print_json(&Value::Array(runs));
+            } else {
+                print_table(&runs);
+            }
+        }
+        RunsCommand::Get { server, run_id } => {
+            let run = connect(&server)
+                .await?
+                .get_run(pb::GetRunRequest { run_id })
+                .await
+                .map_err(status_error)?;
+            print_json(&run_json(run.into_inner()));
+        }
+        RunsCommand::Retry { server, run_id } => {
+            let run = connect(&server)
+                .await?
+                .retry_run(pb::RetryRunRequest { run_id })
+                .await
+                .map_err(status_error)?;
+            print_json(&run_json(run.into_inner()));
+        }
+    }
+    Ok(())
+}
+
+/// Runs a `postsub dlq` command.
+pub async fn dlq(command: DlqCommand) -> anyhow::Result<()> {
+    match command {
+        DlqCommand::Replay { server, kind, form } => {
+            let request = pb::ReplayDeadLettersRequest {
+                kind: kind.unwrap_or_default(),
+                form_id: form.unwrap_or_default(),
+            };
+            let replayed = connect(&server)
+                .await?
+                .replay_dead_letters(request)
+                .await
+                .map_err(status_error)?
+                .into_inner()
+                .replayed;
+            print_json(&json!({ "replayed": replayed }));
+        }
+    }
+    Ok(())
+}
+
+fn print_table(runs: &[Value]) {
+    println!(
+        "{:<36}  {:<9}  {:<10}  {:<5}  {:>8}  {:<36}  {:<25}  ERROR",
+        "RUN_ID", "STATUS", "KIND", "MODE", "ATTEMPTS", "SUBMISSION_ID", "CREATED_AT"
+    );
+    for run in runs {
+        let text = |key: &str| run[key].as_str().unwrap_or("").to_owned();
+        println!(
+            "{:<36}  {:<9}  {:<10}  {:<5}  {:>8}  {:<36}  {:<25}  {}",
+            text("run_id"),
+            text("status"),
+            text("kind"),
+            text("mode"),
+            run["attempts"].as_u64().unwrap_or_default(),
+            text("submission_id"),
+            text("created_at"),
+            text("error")
+        );
+    }
+}

@@ -1,0 +1,43 @@
+//! The postsub proxy and worker.
+//!
+//! # Layout
+//! - [`cli`]: the `postsub` command line; [`client`]: its admin-client commands.
+//! - [`settings`]: typed settings from flags and environment.
+//! - [`app`]: start-up and shutdown of the shared [`app::Services`], the [`app::Proxy`]
+//!   servers and the worker (tests start them the same way, on port 0).
+//! - [`dispatch`]: `Process`: sync tasks inline, async tasks to the queue.
+//! - [`worker`]: consumes jobs, runs them, retries or dead-letters them; [`execute`]:
+//!   running one task once, shared by both.
+//! - [`bindings`]: the in-memory binding cache, kept fresh by LISTEN/NOTIFY.
+//! - [`queue`]: RabbitMQ topology, confirmed publishing, consuming, delay and dead-letter
+//!   queues; [`job`]: the message.
+//! - [`recorder`]: the batching run-history writer; [`run`]: runs, their ids and attempts.
+//! - [`store`]: PostgreSQL queries; [`db`]: connecting and migrating; [`state`]: the
+//!   tasks' durable per-binding state.
+//! - [`options`]: binding options (retry policy, timeout, delay, expiry), parsed at the edge.
+//! - [`admin`]: the `TaskAdmin` gRPC API; [`requeue`]: putting dead runs back to work
+//!   (`RetryRun`, `ReplayDeadLetters`); [`ids`]: ids parsed at the edge.
+#![warn(missing_docs)]
+#![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod app;
+pub mod bindings;
+pub mod cli;
+pub mod client;
+pub mod db;
+pub mod dispatch;
+pub mod execute;
+pub mod ids;
+pub mod job;
+pub mod options;
+pub mod outbox;
+pub mod queue;
+pub mod recorder;
+pub mod requeue;
+pub mod run;
+pub mod settings;
+pub mod state;
+pub mod store;
+pub mod telemetry;
+pub mod worker;

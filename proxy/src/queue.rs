@@ -1,0 +1,476 @@
+//! The job queue on RabbitMQ: topology, publishing with confirms, consuming, delays between
+//! attempts and dead letters.
+//!
+//! # Queues, per task kind
+//! - `<prefix>.<kind>`: the work queue, durable, fed through the default exchange.
+//! - `<prefix>.<kind>.retry.<ms>`: delay queues, where a job waits for its next attempt.
+//!   One per power-of-two bucket of milliseconds, declared when first needed, each
+//!   dead-lettering to the work queue. A job waits in the bucket at or above its wait, with
+//!   the wait as per-message expiry; when that passes, RabbitMQ moves it back to the work
+//!   queue. RabbitMQ expires messages only at the head of a queue, so a job can wait behind
+//!   a longer one of its bucket: bucketing keeps that under twice its own wait. No broker
+//!   plugin is needed.
+//! - `<prefix>.<kind>.dead`: the dead-letter queue, durable: jobs that will not be tried
+//!   again, with the headers `x-postsub-error` (why) and `x-postsub-attempts`.
+//!
+//! Messages are persistent and carry the run id as message id. A publish counts only once
+//! the broker confirms it, so a job reported as queued is on disk in RabbitMQ; it is
+//! mandatory, so a queue deleted under a running process is an error (and is declared
+//! again on the next publish), not a job silently dropped.
+//!
+//! Connections are made lazily and remade after a failure (by the next publish, or by the
+//! worker's reconnect loop); queues are declared on first use on each connection.
+
+use std::{
+    collections::HashSet,
+    sync::{Arc, Mutex as SyncMutex},
+    time::Duration,
+};
+
+use arc_swap::ArcSwapOption;
+use lapin::{
+    BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, Consumer,
+    message::Delivery,
+    options::{
+        BasicAckOptions, BasicConsumeOptions, BasicGetOptions, BasicPublishOptions,
+        BasicQosOptions, ConfirmSelectOptions, QueueDeclareOptions,
+    },
+    types::{AMQPValue, FieldTable},
+};
+use tokio::sync::Mutex;
+
+use crate::job::Job;
+
+/// Why a queue operation did not go through.
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    /// The broker could not be reached or the connection broke.
+    #[error("RabbitMQ is unavailable: {0}")]
+    Unavailable(#[from] lapin::Error),
+    /// The broker refused to take the message.
+    #[error("RabbitMQ did not confirm the message (nack)")]
+    Nacked,
+    /// The queue does not exist (deleted while this process ran); it is declared again on
+    /// the next publish.
+    #[error("RabbitMQ has no queue `{0}`")]
+    Unroutable(String),
+}
+
+/// A queue of one task kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Destination<'a> {
+    /// The kind's work queue.
+    Work(&'a str),
+    /// The kind's delay queue for waits up to this many milliseconds (a power of two).
+    Retry(&'a str, u64),
+    /// The kind's dead-letter queue.
+    Dead(&'a str),
+}
+
+/// The delay-queue bucket of a wait: the power of two of milliseconds at or above it.
+fn retry_bucket(delay: Duration) -> u64 {
+    (delay.as_millis() as u64).max(1).next_power_of_two()
+}
+
+/// Names and connection settings of the queues.
+#[derive(Debug, Clone)]
+pub struct QueueSettings {
+    /// AMQP URL, vhost included.
+    pub url: String,
+    /// Prefix of every queue name, so deployments (and tests) can share a vhost.
+    pub prefix: String,
+    /// Task kinds to declare queues for.
+    pub kinds: Vec<String>,
+    /// Work and dead-letter queues are quorum queues. Delay queues stay classic: they hold
+    /// jobs briefly and need per-message expiry.
+    pub quorum: bool,
+}
+
+impl QueueSettings {
+    /// The work queue of a task kind.
+    pub fn queue_name(&self, kind: &str) -> String {
+        self.name(Destination::Work(kind))
+    }
+
+    /// The dead-letter queue of a task kind.
+    pub fn dead_queue_name(&self, kind: &str) -> String {
+        self.name(Destination::Dead(kind))
+    }
+
+    fn name(&self, destination: Destination<'_>) -> String {
+        let prefix = &self.prefix;
+        match destination {
+            Destination::Work(kind) => format!("{prefix}.{kind}"),
+            Destination::Retry(kind, bucket) => format!("{prefix}.{kind}.retry.{bucket}"),
+            Destination::Dead(kind) => format!("{prefix}.{kind}.dead"),
+        }
+    }
+
+    async fn connect(&self) -> Result<Connection, lapin::Error> {
+        let properties = ConnectionProperties::default()
+            .with_connection_name(format!("postsub-{}", std::process::id()).into());
+        Connection::connect(&self.url, properties).await
+    }
+
+    /// Declares one queue (durable; delay queues dead-letter to their work queue) and
+    /// returns it, with the count of messages it holds.
+    async fn declare(
+        &self,
+        channel: &Channel,
+        destination: Destination<'_>,
+    ) -> Result<lapin::Queue, lapin::Error> {
+        let mut arguments = FieldTable::default();
+        if self.quorum && !matches!(destination, Destination::Retry(..)) {
+            arguments.insert(
+                "x-queue-type".into(),
+                AMQPValue::LongString("quorum".into()),
+            );
+        }
+        if let Destination::Retry(kind, _) = destination {
+            arguments.insert(
+                "x-dead-letter-exchange".into(),
+                AMQPValue::LongString("".into()),
+            );
+            arguments.insert(
+                "x-dead-letter-routing-key".into(),
+                AMQPValue::LongString(self.queue_name(kind).into()),
+            );
+        }
+        channel
+            .queue_declare(
+                self.name(destination).into(),
+                QueueDeclareOptions {
+                    durable: true,
+                    ..QueueDeclareOptions::default()
+                },
+                arguments,
+            )
+            .await
+    }
+}
+
+/// The properties of a job message: persistent, JSON, the run id as message id.
+fn job_properties(job: &Job) -> BasicProperties {
+    BasicProperties::default()
+        .with_delivery_mode(2)
+        .with_content_type("application/json".into())
+        .with_message_id(job.run_id.to_string().into())
+        .with_timestamp(job.queued_at.timestamp().max(0) as u64)
+}
+
+/// Publishes one message to `queue` through the default exchange and waits for the
+/// broker's confirm (the channel must be in confirm mode).
+async fn send(
+    channel: &Channel,
+    queue: &str,
+    body: &[u8],
+    properties: BasicProperties,
+) -> Result<(), QueueError> {
+    let confirm = channel
+        .basic_publish(
+            "".into(),
+            queue.into(),
+            BasicPublishOptions {
+                mandatory: true,
+                ..BasicPublishOptions::default()
+            },
+            body,
+            properties,
+        )
+        .await?;
+    match confirm.await? {
+        Confirmation::Ack(None) => Ok(()),
+        Confirmation::Ack(Some(_returned)) => Err(QueueError::Unroutable(queue.to_owned())),
+        Confirmation::Nack(_) | Confirmation::NotRequested => Err(QueueError::Nacked),
+    }
+}
+
+/// Publishes jobs over one shared connection and confirm-mode channel.
+pub struct Publisher {
+    settings: QueueSettings,
+    channel: ArcSwapOption<Channel>,
+    /// Held while (re)connecting, so concurrent publishes make one connection, not many.
+    connecting: Mutex<Option<Connection>>,
+    /// Queues declared on the current channel, by name.
+    declared: SyncMutex<HashSet<String>>,
+}
+
+impl Publisher {
+    /// A publisher that connects on first use.
+    pub fn new(settings: QueueSettings) -> Self {
+        Self {
+            settings,
+            channel: ArcSwapOption::empty(),
+            connecting: Mutex::new(None),
+            declared: SyncMutex::default(),
+        }
+    }
+
+    /// Connects now, so start-up fails early on a bad URL.
+    pub async fn connect(&self) -> Result<(), QueueError> {
+        self.channel().await.map(drop)
+    }
+
+    async fn channel(&self) -> Result<Arc<Channel>, QueueError> {
+        if let Some(channel) = self.channel.load_full()
+            && channel.status().connected()
+        {
+            return Ok(channel);
+        }
+        let mut connection = self.connecting.lock().await;
+        // Someone else may have reconnected while this call waited for the lock.
+        if let Some(channel) = self.channel.load_full()
+            && channel.status().connected()
+        {
+            return Ok(channel);
+        }
+        if let Some(old) = connection.take() {
+            let _ = old.close(200, "reconnecting".into()).await;
+        }
+        let fresh = self.settings.connect().await?;
+        let channel = fresh.create_channel().await?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        let channel = Arc::new(channel);
+        self.declared_names().clear();
+        self.channel.store(Some(channel.clone()));
+        *connection = Some(fresh);
+        tracing::info!("connected to RabbitMQ for publishing");
+        Ok(channel)
+    }
+
+    fn declared_names(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+        self.declared.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Publishes to `destination`, declaring it first if this channel has not yet.
+    async fn publish_to(
+        &self,
+        destination: Destination<'_>,
+        body: &[u8],
+        properties: BasicProperties,
+    ) -> Result<(), QueueError> {
+        let channel = self.channel().await?;
+        let name = self.settings.name(destination);
+        if !self.declared_names().contains(&name) {
+            self.settings.declare(&channel, destination).await?;
+            self.declared_names().insert(name.clone());
+        }
+        let sent = send(&channel, &name, body, properties).await;
+        if let Err(QueueError::Unroutable(_)) = &sent {
+            self.declared_names().remove(&name);
+        }
+        sent
+    }
+
+    /// Publishes a job to its kind's work queue and waits for the broker's confirm.
+    pub async fn publish(&self, job: &Job) -> Result<(), QueueError> {
+        self.publish_to(
+            Destination::Work(&job.kind),
+            &job.encode(),
+            job_properties(job),
+        )
+        .await
+    }
+
+    /// Publishes a job to wait `delay` in a delay queue, after which RabbitMQ moves it back
+    /// to the work queue.
+    pub async fn publish_delayed(&self, job: &Job, delay: Duration) -> Result<(), QueueError> {
+        let delay = delay.max(Duration::from_millis(1));
+        let properties = job_properties(job).with_expiration(delay.as_millis().to_string().into());
+        self.publish_to(
+            Destination::Retry(&job.kind, retry_bucket(delay)),
+            &job.encode(),
+            properties,
+        )
+        .await
+    }
+
+    /// Publishes a job to its kind's dead-letter queue, saying why it died and after how
+    /// many attempts.
+    pub async fn publish_dead(
+        &self,
+        job: &Job,
+        error: &str,
+        attempts: i32,
+    ) -> Result<(), QueueError> {
+        let mut headers = FieldTable::default();
+        headers.insert(
+            "x-postsub-error".into(),
+            AMQPValue::LongString(error.into()),
+        );
+        headers.insert("x-postsub-attempts".into(), AMQPValue::LongInt(attempts));
+        let properties = job_properties(job).with_headers(headers);
+        self.publish_to(Destination::Dead(&job.kind), &job.encode(), properties)
+            .await
+    }
+
+    /// Opens a session on a kind's dead-letter queue, on a channel of its own.
+    pub async fn dead_letters(&self, kind: &str) -> Result<DeadLetters, QueueError> {
+        self.channel().await?;
+        let channel = match self.connecting.lock().await.as_ref() {
+            Some(connection) => connection.create_channel().await?,
+            None => {
+                return Err(QueueError::Unavailable(lapin::Error::from(
+                    lapin::ErrorKind::InvalidConnectionState(lapin::ConnectionState::Closed),
+                )));
+            }
+        };
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        Ok(DeadLetters {
+            channel,
+            settings: self.settings.clone(),
+            kind: kind.to_owned(),
+        })
+    }
+
+    /// Closes the connection.
+    pub async fn close(&self) {
+        self.channel.store(None);
+        if let Some(connection) = self.connecting.lock().await.take() {
+            let _ = connection.close(200, "shutting down".into()).await;
+        }
+    }
+}
+
+/// A session on one kind's dead-letter queue, on its own channel. A letter taken is held
+/// (unacked) until it is forwarded, put back or discarded; whatever is still held when the
+/// session closes, or its connection breaks, RabbitMQ returns to the queue.
+pub struct DeadLetters {
+    channel: Channel,
+    settings: QueueSettings,
+    kind: String,
+}
+
+impl DeadLetters {
+    /// Messages in the queue now (those this session holds not counted).
+    pub async fn count(&self) -> Result<u32, QueueError> {
+        let queue = self
+            .settings
+            .declare(&self.channel, Destination::Dead(&self.kind))
+            .await?;
+        Ok(queue.message_count())
+    }
+
+    /// Takes the letter at the head of the queue; `None` when it is empty.
+    pub async fn take(&self) -> Result<Option<Delivery>, QueueError> {
+        let message = self
+            .channel
+            .basic_get(
+                self.settings.dead_queue_name(&self.kind).into(),
+                BasicGetOptions { no_ack: false },
+            )
+            .await?;
+        Ok(message.map(|message| message.delivery))
+    }
+
+    /// Publishes `job` to the work queue in place of `letter`, then lets the letter go.
+    pub async fn forward(&self, letter: &Delivery, job: &Job) -> Result<(), QueueError> {
+        send(
+            &self.channel,
+            &self.settings.queue_name(&self.kind),
+            &job.encode(),
+            job_properties(job),
+        )
+        .await?;
+        self.discard(letter).await
+    }
+
+    /// Puts `letter` back at the tail of the queue, as it was.
+    pub async fn put_back(&self, letter: &Delivery) -> Result<(), QueueError> {
+        send(
+            &self.channel,
+            &self.settings.dead_queue_name(&self.kind),
+            &letter.data,
+            letter.properties.clone(),
+        )
+        .await?;
+        self.discard(letter).await
+    }
+
+    /// Removes `letter` from the queue for good.
+    pub async fn discard(&self, letter: &Delivery) -> Result<(), QueueError> {
+        letter.acker.ack(BasicAckOptions::default()).await?;
+        Ok(())
+    }
+
+    /// Ends the session; letters still held go back to the queue.
+    pub async fn close(self) {
+        let _ = self
+            .channel
+            .close(200, "dead letters replayed".into())
+            .await;
+    }
+}
+
+/// A consuming connection: one channel, one consumer per kind's queue.
+pub struct Consuming {
+    /// Kept to close it on shutdown.
+    pub connection: Connection,
+    /// The channel the consumers and acks use.
+    pub channel: Channel,
+    /// One consumer per task kind.
+    pub consumers: Vec<Consumer>,
+}
+
+impl QueueSettings {
+    /// Connects, declares every kind's work and dead-letter queues, and starts consuming
+    /// the work queues with at most `prefetch` unacknowledged jobs per queue.
+    pub async fn consume(&self, prefetch: u16) -> Result<Consuming, lapin::Error> {
+        let connection = self.connect().await?;
+        let channel = connection.create_channel().await?;
+        for kind in &self.kinds {
+            self.declare(&channel, Destination::Work(kind)).await?;
+            self.declare(&channel, Destination::Dead(kind)).await?;
+        }
+        channel
+            .basic_qos(prefetch, BasicQosOptions::default())
+            .await?;
+        let mut consumers = Vec::with_capacity(self.kinds.len());
+        for kind in &self.kinds {
+            consumers.push(
+                channel
+                    .basic_consume(
+                        self.queue_name(kind).into(),
+                        format!("postsub-worker-{kind}-{}", std::process::id()).into(),
+                        BasicConsumeOptions::default(),
+                        FieldTable::default(),
+                    )
+                    .await?,
+            );
+        }
+        Ok(Consuming {
+            connection,
+            channel,
+            consumers,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn waits_go_to_the_power_of_two_bucket_at_or_above_them() {
+        let bucket = |ms| retry_bucket(Duration::from_millis(ms));
+        assert_eq!(
+            [bucket(0), bucket(1), bucket(100), bucket(128), bucket(129)],
+            [1, 1, 128, 128, 256]
+        );
+        let settings = QueueSettings {
+            url: String::new(),
+            prefix: "postsub".into(),
+            kinds: vec![],
+            quorum: false,
+        };
+        assert_eq!(
+            settings.name(Destination::Retry("webhook", 128)),
+            "postsub.webhook.retry.128"
+        );
+        assert_eq!(settings.dead_queue_name("webhook"), "postsub.webhook.dead");
+    }
+}

@@ -1,0 +1,184 @@
+//! Putting dead async runs back to work: [`retry_run`] (one run, from the job stored with
+//! it; `postsub runs retry`) and [`replay_dead_letters`] (the dead-letter queues;
+//! `postsub dlq replay`).
+//!
+//! Both mark the run `queued` in PostgreSQL before publishing (a worker takes only a
+//! `queued` run, and the job may be taken the moment it is published), publish with
+//! confirms, and put the run back as it was when the publish fails. A re-queued run starts
+//! a new round of its binding's `max_attempts` attempts ([`Job::attempts_before`]); its
+//! attempt count goes on, so its history shows every round.
+
+use std::collections::HashMap;
+
+use lapin::message::Delivery;
+use postsub_tasks::Mode;
+use uuid::Uuid;
+
+use crate::{
+    job::Job,
+    queue::{DeadLetters, Publisher, QueueError},
+    run::{Run, RunStatus},
+    store,
+};
+
+/// Dead letters handled per database round trip.
+const CHUNK: usize = 100;
+
+/// Why a run or letter could not be re-queued.
+#[derive(Debug, thiserror::Error)]
+pub enum RequeueError {
+    /// There is no such run.
+    #[error("no run with id {0}")]
+    NotFound(Uuid),
+    /// The run is not in a state a retry applies to; the message says why.
+    #[error("{0}")]
+    NotRetryable(String),
+    /// RabbitMQ did not take the job.
+    #[error(transparent)]
+    Queue(#[from] QueueError),
+    /// PostgreSQL did not answer.
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+}
+
+/// Queues a `dead` (or `failed`, or `expired`) async run again from its stored job, for a
+/// new round of attempts, and returns it as it now stands (`queued`).
+pub async fn retry_run(
+    pool: &sqlx::PgPool,
+    publisher: &Publisher,
+    run_id: Uuid,
+) -> Result<Run, RequeueError> {
+    let run = store::get_run(pool, run_id)
+        .await?
+        .ok_or(RequeueError::NotFound(run_id))?;
+    if !matches!(
+        run.status,
+        RunStatus::Dead | RunStatus::Failed | RunStatus::Expired
+    ) {
+        return Err(RequeueError::NotRetryable(format!(
+            "run {run_id} is {}; only dead, failed or expired runs can be retried",
+            run.status
+        )));
+    }
+    if run.mode == Mode::Sync {
+        return Err(RequeueError::NotRetryable(format!(
+            "run {run_id} is a sync run: it ran inline in Process and has no job to queue"
+        )));
+    }
+    let Some(mut job) = store::run_input(pool, run_id).await? else {
+        return Err(RequeueError::NotRetryable(format!(
+            "run {run_id} was recorded before retries existed and has no stored job to queue"
+        )));
+    };
+    let Some(&(_, attempts)) = store::requeue_runs(pool, &[run_id], &[run.status])
+        .await?
+        .first()
+    else {
+        return Err(RequeueError::NotRetryable(format!(
+            "run {run_id} changed while it was being retried; look at it again"
+        )));
+    };
+    job.attempts_before = attempts.max(0) as u32;
+    if let Err(err) = publisher.publish(&job).await {
+        store::unqueue_runs(pool, &[run_id], run.status).await?;
+        return Err(err.into());
+    }
+    tracing::info!(%run_id, attempts, "run retried");
+    store::get_run(pool, run_id)
+        .await?
+        .ok_or(RequeueError::NotFound(run_id))
+}
+
+/// Moves the jobs in each of `kinds`' dead-letter queues back to their work queues (only
+/// those of `form_id`, when given) and returns how many. Takes as many letters as a queue
+/// held when it began; letters of other forms, or that are not jobs, go back to the tail
+/// of the queue, and letters whose run is no longer dead (retried meanwhile) are dropped.
+pub async fn replay_dead_letters(
+    pool: &sqlx::PgPool,
+    publisher: &Publisher,
+    kinds: &[String],
+    form_id: Option<Uuid>,
+) -> Result<u64, RequeueError> {
+    let mut replayed = 0;
+    for kind in kinds {
+        let letters = publisher.dead_letters(kind).await?;
+        // Whatever happens, letters this session still holds go back to the queue.
+        let result = replay_queue(pool, &letters, form_id).await;
+        letters.close().await;
+        let count = result?;
+        if count > 0 {
+            tracing::info!(kind, count, "dead letters replayed");
+        }
+        replayed += count;
+    }
+    Ok(replayed)
+}
+
+async fn replay_queue(
+    pool: &sqlx::PgPool,
+    letters: &DeadLetters,
+    form_id: Option<Uuid>,
+) -> Result<u64, RequeueError> {
+    let held = letters.count().await?;
+    let mut replayed = 0;
+    let mut chunk = Vec::with_capacity(CHUNK);
+    for _ in 0..held {
+        let Some(letter) = letters.take().await? else {
+            break;
+        };
+        match Job::decode(&letter.data) {
+            Ok(job) if form_id.is_none_or(|form| job.submission.form_id == form) => {
+                chunk.push((job, letter));
+            }
+            Ok(_) => letters.put_back(&letter).await?,
+            Err(err) => {
+                tracing::warn!(error = %err, "a dead letter is not a job; leaving it there");
+                letters.put_back(&letter).await?;
+            }
+        }
+        if chunk.len() == CHUNK {
+            replayed += forward(pool, letters, std::mem::take(&mut chunk)).await?;
+        }
+    }
+    replayed += forward(pool, letters, chunk).await?;
+    Ok(replayed)
+}
+
+/// Marks the runs of `chunk` `queued` and forwards their jobs to the work queue; returns
+/// how many went.
+async fn forward(
+    pool: &sqlx::PgPool,
+    letters: &DeadLetters,
+    chunk: Vec<(Job, Delivery)>,
+) -> Result<u64, RequeueError> {
+    if chunk.is_empty() {
+        return Ok(0);
+    }
+    let run_ids: Vec<Uuid> = chunk.iter().map(|(job, _)| job.run_id).collect();
+    // `queued` too: a run whose replay failed half-way (marked, not published) has its
+    // letter back in the queue and must be replayable.
+    let from = [RunStatus::Dead, RunStatus::Failed, RunStatus::Queued];
+    let mut requeued: HashMap<Uuid, i32> = store::requeue_runs(pool, &run_ids, &from)
+        .await?
+        .into_iter()
+        .collect();
+    let mut forwarded = 0;
+    for (mut job, letter) in chunk {
+        // A run is forwarded once, even when the queue held two letters of it.
+        let Some(attempts) = requeued.remove(&job.run_id) else {
+            tracing::info!(run_id = %job.run_id, "dropping the dead letter of a run no longer dead");
+            letters.discard(&letter).await?;
+            continue;
+        };
+        job.attempts_before = attempts.max(0) as u32;
+        if let Err(err) = letters.forward(&letter, &job).await {
+            let unsent: Vec<Uuid> = std::iter::once(job.run_id)
+                .chain(requeued.into_keys())
+                .collect();
+            store::unqueue_runs(pool, &unsent, RunStatus::Dead).await?;
+            return Err(err.into());
+        }
+        forwarded += 1;
+    }
+    Ok(forwarded)
+}

@@ -1,0 +1,140 @@
+//! Typed settings of every command, from flags with environment fallbacks.
+
+use std::{net::SocketAddr, time::Duration};
+
+use clap::{Args, Parser};
+
+/// Where the proxy's PostgreSQL database is.
+#[derive(Debug, Clone, Args)]
+pub struct DatabaseSettings {
+    /// PostgreSQL URL of postsub's own database.
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/postsub",
+        hide_env_values = true
+    )]
+    pub database_url: String,
+}
+
+/// Where RabbitMQ is and how queues are named.
+#[derive(Debug, Clone, Args)]
+pub struct BrokerSettings {
+    /// AMQP URL, vhost included (`%2f` is the default vhost).
+    #[arg(
+        long,
+        env = "AMQP_URL",
+        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f",
+        hide_env_values = true
+    )]
+    pub amqp_url: String,
+    /// Prefix of every queue name (`<prefix>.<kind>`, `<prefix>.<kind>.dead`,
+    /// `<prefix>.<kind>.retry.<ms>`).
+    #[arg(long, env = "POSTSUB_QUEUE_PREFIX", default_value = "postsub")]
+    pub queue_prefix: String,
+    /// Declare work and dead-letter queues as quorum queues (replicated, for a RabbitMQ
+    /// cluster) instead of classic ones. A queue keeps the type it was first declared with.
+    #[arg(long, env = "POSTSUB_QUORUM_QUEUES")]
+    pub quorum_queues: bool,
+}
+
+/// Settings of the gRPC proxy.
+#[derive(Debug, Clone, Args)]
+pub struct ProxySettings {
+    /// Address of the gRPC server (PostSubmission, TaskAdmin, health, reflection).
+    #[arg(long, env = "POSTSUB_GRPC_ADDR", default_value = "127.0.0.1:50051")]
+    pub grpc_addr: SocketAddr,
+    /// Address of the HTTP server (`/healthz`, `/readyz`).
+    #[arg(long, env = "POSTSUB_HTTP_ADDR", default_value = "127.0.0.1:9090")]
+    pub http_addr: SocketAddr,
+    /// Largest `answers` accepted by Process, in bytes (protobuf-encoded).
+    #[arg(long, env = "POSTSUB_MAX_ANSWERS_BYTES", default_value_t = 256 * 1024)]
+    pub max_answers_bytes: usize,
+    /// How long one sync task may run (`500ms`, `2s`, ...).
+    #[arg(long, env = "POSTSUB_SYNC_TIMEOUT", default_value = "2s", value_parser = humantime::parse_duration)]
+    pub sync_timeout: Duration,
+}
+
+/// Settings of the worker.
+#[derive(Debug, Clone, Args)]
+pub struct WorkerSettings {
+    /// Unacked jobs RabbitMQ hands the worker per queue.
+    #[arg(long, env = "POSTSUB_WORKER_PREFETCH", default_value_t = 32)]
+    pub prefetch: u16,
+    /// Jobs the worker runs at once.
+    #[arg(long, env = "POSTSUB_WORKER_CONCURRENCY", default_value_t = 16)]
+    pub concurrency: usize,
+    /// How long one async task may run.
+    #[arg(long, env = "POSTSUB_TASK_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub task_timeout: Duration,
+    /// How long shutdown waits for running jobs before handing them back to the queue.
+    #[arg(long, env = "POSTSUB_DRAIN_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub drain_timeout: Duration,
+    /// Where `postsub worker` serves `/healthz`, `/readyz` and `/metrics` (under
+    /// `postsub dev`, the proxy's HTTP server serves them for both).
+    #[arg(
+        long,
+        env = "POSTSUB_WORKER_HTTP_ADDR",
+        default_value = "127.0.0.1:9091"
+    )]
+    pub worker_http_addr: SocketAddr,
+    /// An operator's URL that gets a JSON POST for every job dropped past its binding's
+    /// `expires_after`.
+    #[arg(long, env = "POSTSUB_EXPIRY_WEBHOOK")]
+    pub expiry_webhook: Option<String>,
+}
+
+/// Everything `postsub dev` runs: proxy and worker in one process.
+#[derive(Debug, Clone, Args)]
+pub struct DevSettings {
+    #[allow(missing_docs)]
+    #[command(flatten)]
+    pub database: DatabaseSettings,
+    #[allow(missing_docs)]
+    #[command(flatten)]
+    pub broker: BrokerSettings,
+    #[allow(missing_docs)]
+    #[command(flatten)]
+    pub proxy: ProxySettings,
+    #[allow(missing_docs)]
+    #[command(flatten)]
+    pub worker: WorkerSettings,
+}
+
+impl DevSettings {
+    /// The settings `postsub dev` would get from these flags (and the environment), for
+    /// embedding postsub in tests or another program without repeating the defaults.
+    pub fn from_flags(flags: &[&str]) -> Result<Self, clap::Error> {
+        #[derive(Parser)]
+        struct Flags {
+            #[command(flatten)]
+            settings: DevSettings,
+        }
+        let args = std::iter::once("postsub").chain(flags.iter().copied());
+        Flags::try_parse_from(args).map(|flags| flags.settings)
+    }
+
+    /// Settings for a run that shares its servers with others: its own database and queue
+    /// prefix, listeners on ports the OS picks, and `extra` flags on top.
+    pub fn isolated(
+        database_url: &str,
+        amqp_url: &str,
+        queue_prefix: &str,
+        extra: &[&str],
+    ) -> Result<Self, clap::Error> {
+        let mut flags = vec![
+            "--database-url",
+            database_url,
+            "--amqp-url",
+            amqp_url,
+            "--queue-prefix",
+            queue_prefix,
+            "--grpc-addr",
+            "127.0.0.1:0",
+            "--http-addr",
+            "127.0.0.1:0",
+        ];
+        flags.extend_from_slice(extra);
+        Self::from_flags(&flags)
+    }
+}

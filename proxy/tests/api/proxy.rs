@@ -1,0 +1,526 @@
+//! The proxy's gRPC and HTTP APIs: bad input gets a clear status, bindings take effect at
+//! once (and on other proxies through NOTIFY), sync tasks are isolated from each other, and
+//! the run history can be filtered and paged.
+
+use postsub::pb::{self, post_submission_client::PostSubmissionClient};
+use postsub_proxy::app::{Proxy, Services};
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+use tonic::{Code, transport::Channel};
+use uuid::Uuid;
+
+use crate::helpers::{assert_status, binding, eventually, object, process, registry, spawn_proxy};
+
+#[tokio::test]
+async fn bad_ids_and_oversize_answers_are_invalid_argument() {
+    let proxy = spawn_proxy().await;
+    let mut client = proxy.process_client().await;
+    let mut request = process(Uuid::new_v4(), json!({}));
+    request.form_id = "not-a-uuid".into();
+    assert_status(
+        client.process(request).await,
+        Code::InvalidArgument,
+        "form_id `not-a-uuid` is not a UUID",
+    );
+    let mut request = process(Uuid::new_v4(), json!({}));
+    request.submission_id = String::new();
+    assert_status(
+        client.process(request).await,
+        Code::InvalidArgument,
+        "submission_id is missing",
+    );
+    let mut request = process(Uuid::new_v4(), json!({}));
+    request.answers = None;
+    assert_status(
+        client.process(request).await,
+        Code::InvalidArgument,
+        "answers is missing",
+    );
+    let big = "x".repeat(2000);
+    assert_status(
+        client
+            .process(process(Uuid::new_v4(), json!({"essay": big})))
+            .await,
+        Code::InvalidArgument,
+        "the limit is 1024",
+    );
+    // Far past the limit, the transport refuses to decode at all.
+    let huge = "x".repeat(1 << 20);
+    assert_status(
+        client
+            .process(process(Uuid::new_v4(), json!({"essay": huge})))
+            .await,
+        Code::OutOfRange,
+        "",
+    );
+
+    let mut admin = proxy.admin().await;
+    assert_status(
+        admin
+            .get_run(pb::GetRunRequest {
+                run_id: "42".into(),
+            })
+            .await,
+        Code::InvalidArgument,
+        "run_id `42` is not a UUID",
+    );
+    assert_status(
+        admin
+            .list_runs(pb::ListRunsRequest {
+                page_token: "garbage".into(),
+                ..Default::default()
+            })
+            .await,
+        Code::InvalidArgument,
+        "page_token",
+    );
+    proxy.stack.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn bindings_with_bad_kind_mode_or_config_are_refused_with_the_reason() {
+    let proxy = spawn_proxy().await;
+    let mut admin = proxy.admin().await;
+    let form = Uuid::new_v4();
+    let create = |name: &str, kind: &str, mode: pb::Mode, config: Value| {
+        binding(form, name, kind, mode, config)
+    };
+    assert_status(
+        admin
+            .create_binding(create("a", "sheets", pb::Mode::Async, json!({})))
+            .await,
+        Code::InvalidArgument,
+        "unknown task kind `sheets`; known kinds: ",
+    );
+    assert_status(
+        admin
+            .create_binding(create(
+                "a",
+                "validate",
+                pb::Mode::Sync,
+                json!({"fields": {"age": {"typ": "number"}}}),
+            ))
+            .await,
+        Code::InvalidArgument,
+        "unknown field `typ`",
+    );
+    assert_status(
+        admin
+            .create_binding(create(
+                "a",
+                "validate",
+                pb::Mode::Sync,
+                json!({"rules": [{"name": "r", "expr": "monthly_savings <="}]}),
+            ))
+            .await,
+        Code::InvalidArgument,
+        "rule `r`: expression `monthly_savings <=` does not compile",
+    );
+    assert_status(
+        admin
+            .create_binding(create(
+                "a",
+                "webhook",
+                pb::Mode::Async,
+                json!({"url": "http://x/", "secret": "plain"}),
+            ))
+            .await,
+        Code::InvalidArgument,
+        "whsec_",
+    );
+    assert_status(
+        admin
+            .create_binding(create(
+                "a",
+                "webhook",
+                pb::Mode::Sync,
+                json!({"url": "http://x/", "secret": "whsec_c2VjcmV0"}),
+            ))
+            .await,
+        Code::InvalidArgument,
+        "cannot run in sync mode",
+    );
+    assert_status(
+        admin
+            .create_binding(create("a", "validate", pb::Mode::Unspecified, json!({})))
+            .await,
+        Code::InvalidArgument,
+        "mode must be MODE_SYNC or MODE_ASYNC",
+    );
+    assert_status(
+        admin
+            .create_binding(create(" ", "validate", pb::Mode::Sync, json!({})))
+            .await,
+        Code::InvalidArgument,
+        "name is missing",
+    );
+    admin
+        .create_binding(create("checks", "validate", pb::Mode::Sync, json!({})))
+        .await
+        .unwrap();
+    assert_status(
+        admin
+            .create_binding(create("checks", "validate", pb::Mode::Sync, json!({})))
+            .await,
+        Code::AlreadyExists,
+        "already has a binding of that name",
+    );
+    let missing = Uuid::new_v4().to_string();
+    assert_status(
+        admin
+            .get_binding(pb::GetBindingRequest {
+                id: missing.clone(),
+            })
+            .await,
+        Code::NotFound,
+        "no binding with id",
+    );
+    assert_status(
+        admin
+            .delete_binding(pb::DeleteBindingRequest {
+                id: missing.clone(),
+            })
+            .await,
+        Code::NotFound,
+        "no binding with id",
+    );
+    assert_status(
+        admin.get_run(pb::GetRunRequest { run_id: missing }).await,
+        Code::NotFound,
+        "no run with id",
+    );
+    // Nothing refused was stored.
+    let stored = admin
+        .list_bindings(pb::ListBindingsRequest {
+            form_id: form.to_string(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .bindings;
+    assert_eq!(stored.len(), 1);
+    proxy.stack.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn sync_tasks_are_isolated_from_a_hanging_or_panicking_neighbour() {
+    let proxy = spawn_proxy().await;
+    let mut admin = proxy.admin().await;
+    let form = Uuid::new_v4();
+    let rules = json!({"fields": {"age": {"type": "integer", "min": 0}}});
+    for (name, kind) in [
+        ("checks", "validate"),
+        ("stuck", "hang"),
+        ("buggy", "panic"),
+    ] {
+        admin
+            .create_binding(binding(
+                form,
+                name,
+                kind,
+                pb::Mode::Sync,
+                rules_for(kind, &rules),
+            ))
+            .await
+            .unwrap();
+    }
+    let reply = proxy
+        .process_client()
+        .await
+        .process(process(form, json!({"age": "old"})))
+        .await
+        .unwrap()
+        .into_inner();
+    let by_name = |name: &str| {
+        reply
+            .sync_results
+            .iter()
+            .find(|r| r.name == name)
+            .unwrap_or_else(|| panic!("no result for {name}"))
+            .clone()
+    };
+    let checks = by_name("checks");
+    assert_eq!(checks.status(), pb::SyncStatus::Flagged);
+    assert_eq!(checks.flags[0].field, "age");
+    assert_eq!(checks.flags[0].rule, "type");
+    let stuck = by_name("stuck");
+    assert_eq!(stuck.status(), pb::SyncStatus::TimedOut);
+    assert_eq!(stuck.error, "timed out after 300ms");
+    let buggy = by_name("buggy");
+    assert_eq!(buggy.status(), pb::SyncStatus::Failed);
+    assert_eq!(buggy.error, "the task panicked");
+
+    // All three are in the history.
+    eventually("three recorded runs", || async {
+        proxy
+            .admin()
+            .await
+            .list_runs(pb::ListRunsRequest {
+                form_id: form.to_string(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .runs
+            .len()
+            == 3
+    })
+    .await;
+    proxy.stack.stop().await.unwrap();
+}
+
+fn rules_for(kind: &str, rules: &Value) -> Value {
+    if kind == "validate" {
+        rules.clone()
+    } else {
+        json!({})
+    }
+}
+
+#[tokio::test]
+async fn binding_changes_reach_this_proxy_at_once_and_others_through_notify() {
+    let proxy = spawn_proxy().await;
+    // A second proxy on the same database, as behind a load balancer.
+    let services = Services::start(
+        &proxy.settings.database,
+        &proxy.settings.broker,
+        registry(proxy.service_up.clone()),
+    )
+    .await
+    .unwrap();
+    let other = Proxy::build(&services, &proxy.settings.proxy)
+        .await
+        .unwrap();
+    let other_url = format!("http://{}", other.grpc_addr());
+    let stop_other = CancellationToken::new();
+    let other_task = tokio::spawn(other.run(stop_other.clone()));
+    let mut other_client = PostSubmissionClient::connect(other_url).await.unwrap();
+
+    let form = Uuid::new_v4();
+    let mut admin = proxy.admin().await;
+    let created = admin
+        .create_binding(binding(
+            form,
+            "checks",
+            "validate",
+            pb::Mode::Sync,
+            json!({}),
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    // This proxy: at once.
+    let reply = proxy
+        .process_client()
+        .await
+        .process(process(form, json!({})))
+        .await
+        .unwrap();
+    assert_eq!(reply.into_inner().sync_results.len(), 1);
+    // The other proxy: after the NOTIFY.
+    eventually("the other proxy to see the binding", || {
+        let mut client = other_client.clone();
+        async move {
+            client
+                .process(process(form, json!({})))
+                .await
+                .unwrap()
+                .into_inner()
+                .sync_results
+                .len()
+                == 1
+        }
+    })
+    .await;
+
+    // Disabling stops it everywhere.
+    admin
+        .update_binding(pb::UpdateBindingRequest {
+            id: created.id.clone(),
+            enabled: Some(false),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let reply = proxy
+        .process_client()
+        .await
+        .process(process(form, json!({})))
+        .await
+        .unwrap();
+    assert!(reply.into_inner().sync_results.is_empty());
+    eventually("the other proxy to see the change", || {
+        let mut client = other_client.clone();
+        async move {
+            client
+                .process(process(form, json!({})))
+                .await
+                .unwrap()
+                .into_inner()
+                .sync_results
+                .is_empty()
+        }
+    })
+    .await;
+
+    // An update's config is checked like a new one.
+    assert_status(
+        admin
+            .update_binding(pb::UpdateBindingRequest {
+                id: created.id,
+                config: Some(object(json!({"rules": [{"name": "r", "expr": "("}]}))),
+                ..Default::default()
+            })
+            .await,
+        Code::InvalidArgument,
+        "does not compile",
+    );
+    let _ = other_client.process(process(form, json!({}))).await;
+    stop_other.cancel();
+    other_task.await.unwrap().unwrap();
+    services.stop().await;
+    proxy.stack.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn run_history_filters_and_pages() {
+    let proxy = spawn_proxy().await;
+    let form = Uuid::new_v4();
+    let mut admin = proxy.admin().await;
+    admin
+        .create_binding(binding(
+            form,
+            "checks",
+            "validate",
+            pb::Mode::Sync,
+            json!({"fields": {"n": {"max": 10}}}),
+        ))
+        .await
+        .unwrap();
+    let mut client = proxy.process_client().await;
+    for n in 0..5 {
+        client
+            .process(process(form, json!({"n": n * 5})))
+            .await
+            .unwrap();
+    }
+    eventually("five runs", || {
+        let mut admin = admin.clone();
+        async move {
+            admin
+                .list_runs(pb::ListRunsRequest {
+                    form_id: form.to_string(),
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .runs
+                .len()
+                == 5
+        }
+    })
+    .await;
+    let mut seen = Vec::new();
+    let mut token = String::new();
+    loop {
+        let page = admin
+            .list_runs(pb::ListRunsRequest {
+                form_id: form.to_string(),
+                page_size: 2,
+                page_token: token,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(page.runs.len() <= 2);
+        seen.extend(page.runs.into_iter().map(|r| r.run_id));
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    seen.sort();
+    seen.dedup();
+    assert_eq!(seen.len(), 5, "paging returns each run once");
+    let other_form = admin
+        .list_runs(pb::ListRunsRequest {
+            form_id: Uuid::new_v4().to_string(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(other_form.runs.is_empty());
+    let future = admin
+        .list_runs(pb::ListRunsRequest {
+            form_id: form.to_string(),
+            created_after: Some(prost_types::Timestamp {
+                seconds: chrono::Utc::now().timestamp() + 60,
+                nanos: 0,
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(future.runs.is_empty());
+    let failed = admin
+        .list_runs(pb::ListRunsRequest {
+            form_id: form.to_string(),
+            status: pb::RunStatus::Failed.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(failed.runs.is_empty(), "flagged sync runs succeeded");
+    proxy.stack.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn health_endpoints_answer() {
+    let proxy = spawn_proxy().await;
+    let channel = Channel::from_shared(proxy.url())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+    let reply = health
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: "postsub.v1.PostSubmission".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        reply.status(),
+        tonic_health::pb::health_check_response::ServingStatus::Serving
+    );
+    let http = format!("http://{}", proxy.stack.http_addr());
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let client = reqwest::Client::new();
+    assert_eq!(
+        client
+            .get(format!("{http}/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        client
+            .get(format!("{http}/readyz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    proxy.stack.stop().await.unwrap();
+    drop(proxy.db);
+}

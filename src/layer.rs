@@ -1,0 +1,378 @@
+//! [`PostSubmissionLayer`]: runs post-submission tasks after a successful submit.
+//!
+//! Wrap a form backend's submit route in this layer and change nothing else. When the route
+//! answers 2xx with a JSON object describing the stored submission, the layer calls the
+//! proxy's `Process` RPC under a deadline and adds the reply to that object:
+//!
+//! ```json
+//! {"id": "…", "form_id": "…", "answers": {…}, "created_at": "…",
+//!  "post_submission": {"sync_results": [...], "jobs": [...]}}
+//! ```
+//!
+//! Unlike a timeout or tracing middleware, this one never turns a response into an error:
+//! the submission is already stored when the layer sees it, so a proxy that is down, slow or
+//! refuses the call still yields the route's own status, with `post_submission.error` saying
+//! why no task ran. Responses that are not 2xx JSON objects pass through untouched and
+//! unbuffered.
+//!
+//! The submission is read from the response body: `form_id`, `id` (the submission id),
+//! `answers` and `created_at` (RFC 3339), as the field names can be changed with
+//! [`PostSubmissionLayer::fields`].
+
+use std::{
+    collections::HashMap,
+    future::Future,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use bytes::Bytes;
+use http::{HeaderValue, Request, Response, header};
+use http_body::Body;
+use http_body_util::{BodyExt, Either, Full};
+use serde_json::{Map, Value, json};
+use tonic::transport::{Channel, Endpoint};
+use tower::Layer;
+
+use crate::{
+    json::{from_proto_value, to_proto_struct, to_proto_timestamp},
+    pb::{self, post_submission_client::PostSubmissionClient},
+};
+
+/// The body type of responses from [`PostSubmission`]: the route's own body when passed
+/// through, or the rewritten JSON.
+pub type PostSubmissionBody<B> = Either<B, Full<Bytes>>;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Request headers copied into `Process` metadata (lower-case names).
+const FORWARDED_HEADERS: [&str; 2] = ["x-request-id", "user-agent"];
+
+/// Names of the response-body fields that describe the stored submission.
+#[derive(Debug, Clone)]
+pub struct SubmissionFields {
+    /// Field holding the form id (default `form_id`).
+    pub form_id: String,
+    /// Field holding the submission id (default `id`).
+    pub submission_id: String,
+    /// Field holding the answers object (default `answers`).
+    pub answers: String,
+    /// Field holding the RFC 3339 submission time (default `created_at`); optional in the body.
+    pub submitted_at: String,
+}
+
+impl Default for SubmissionFields {
+    fn default() -> Self {
+        Self {
+            form_id: "form_id".into(),
+            submission_id: "id".into(),
+            answers: "answers".into(),
+            submitted_at: "created_at".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Settings {
+    deadline: Duration,
+    max_body_bytes: usize,
+    fields: SubmissionFields,
+}
+
+/// Layer that calls the postsub proxy's `Process` after every successful submission.
+///
+/// ```no_run
+/// # fn demo() -> Result<(), Box<dyn std::error::Error>> {
+/// use postsub::PostSubmissionLayer;
+/// let layer = PostSubmissionLayer::connect_lazy("http://127.0.0.1:50051")?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct PostSubmissionLayer {
+    client: PostSubmissionClient<Channel>,
+    settings: Arc<Settings>,
+}
+
+impl PostSubmissionLayer {
+    /// A layer calling `Process` over `channel`.
+    pub fn new(channel: Channel) -> Self {
+        Self {
+            client: PostSubmissionClient::new(channel),
+            settings: Arc::new(Settings {
+                deadline: Duration::from_secs(2),
+                max_body_bytes: 1024 * 1024,
+                fields: SubmissionFields::default(),
+            }),
+        }
+    }
+
+    /// A layer for the proxy at `url` (`http://host:port`). Connects on first use and
+    /// reconnects by itself, so the backend starts even when the proxy is not up yet.
+    pub fn connect_lazy(url: &str) -> Result<Self, tonic::transport::Error> {
+        let channel = Endpoint::from_shared(url.to_owned())?
+            .connect_timeout(Duration::from_secs(1))
+            .tcp_nodelay(true)
+            .connect_lazy();
+        Ok(Self::new(channel))
+    }
+
+    /// How long the layer waits for `Process` before answering without it (default 2 s).
+    pub fn deadline(mut self, deadline: Duration) -> Self {
+        Arc::make_mut(&mut self.settings).deadline = deadline;
+        self
+    }
+
+    /// Largest response body the layer buffers to add `post_submission` (default 1 MiB);
+    /// larger bodies pass through untouched.
+    pub fn max_body_bytes(mut self, limit: usize) -> Self {
+        Arc::make_mut(&mut self.settings).max_body_bytes = limit;
+        self
+    }
+
+    /// Names of the response-body fields that describe the submission.
+    pub fn fields(mut self, fields: SubmissionFields) -> Self {
+        Arc::make_mut(&mut self.settings).fields = fields;
+        self
+    }
+}
+
+impl<S> Layer<S> for PostSubmissionLayer {
+    type Service = PostSubmission<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        PostSubmission {
+            inner,
+            client: self.client.clone(),
+            settings: self.settings.clone(),
+        }
+    }
+}
+
+/// Service made by [`PostSubmissionLayer`]; see the module docs.
+#[derive(Debug, Clone)]
+pub struct PostSubmission<S> {
+    inner: S,
+    client: PostSubmissionClient<Channel>,
+    settings: Arc<Settings>,
+}
+
+impl<S, ReqBody, ResBody> tower::Service<Request<ReqBody>> for PostSubmission<S>
+where
+    S: tower::Service<Request<ReqBody>, Response = Response<ResBody>>,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    ResBody: Body<Data = Bytes> + Send + 'static,
+    ResBody::Error: Into<BoxError>,
+{
+    type Response = Response<PostSubmissionBody<ResBody>>;
+    type Error = S::Error;
+    type Future = ResponseFuture<ResBody, S::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
+        let metadata: HashMap<String, String> = FORWARDED_HEADERS
+            .iter()
+            .filter_map(|name| {
+                let value = request.headers().get(*name)?.to_str().ok()?;
+                Some(((*name).to_owned(), value.to_owned()))
+            })
+            .collect();
+        let response = self.inner.call(request);
+        let client = self.client.clone();
+        let settings = self.settings.clone();
+        ResponseFuture {
+            inner: Box::pin(async move {
+                let response = response.await?;
+                Ok(add_post_submission(response, client, &settings, metadata).await)
+            }),
+        }
+    }
+}
+
+/// Response future of [`PostSubmission`]. Boxed because, after the route answers, it awaits
+/// the body and a gRPC call; the box is one allocation per submission, not per request byte.
+pub struct ResponseFuture<B, E> {
+    inner: BoxedResponse<B, E>,
+}
+
+type BoxedResponse<B, E> =
+    Pin<Box<dyn Future<Output = Result<Response<PostSubmissionBody<B>>, E>> + Send>>;
+
+impl<B, E> Future for ResponseFuture<B, E> {
+    type Output = Result<Response<PostSubmissionBody<B>>, E>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.inner.as_mut().poll(cx)
+    }
+}
+
+impl<B, E> std::fmt::Debug for ResponseFuture<B, E> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResponseFuture").finish_non_exhaustive()
+    }
+}
+
+async fn add_post_submission<B>(
+    response: Response<B>,
+    client: PostSubmissionClient<Channel>,
+    settings: &Settings,
+    metadata: HashMap<String, String>,
+) -> Response<PostSubmissionBody<B>>
+where
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    let too_large = response
+        .body()
+        .size_hint()
+        .upper()
+        .is_some_and(|n| n > settings.max_body_bytes as u64);
+    if !response.status().is_success() || !is_json || too_large {
+        return response.map(Either::Left);
+    }
+
+    let (mut parts, body) = response.into_parts();
+    let bytes = match http_body_util::Limited::new(body, settings.max_body_bytes)
+        .collect()
+        .await
+    {
+        Ok(collected) => collected.to_bytes(),
+        Err(err) => {
+            // The route's body broke after it stored the submission: say so rather than
+            // hand back a truncated body.
+            tracing::error!(error = %err, "reading the submit response body failed");
+            parts.status = http::StatusCode::INTERNAL_SERVER_ERROR;
+            parts.headers.remove(header::CONTENT_LENGTH);
+            let body = json!({"error": format!("reading the response body failed: {err}")});
+            return Response::from_parts(parts, Either::Right(Full::new(body.to_string().into())));
+        }
+    };
+    let Ok(Value::Object(mut object)) = serde_json::from_slice::<Value>(&bytes) else {
+        return Response::from_parts(parts, Either::Right(Full::new(bytes)));
+    };
+
+    let post_submission = match process_request(&object, &settings.fields, metadata) {
+        Ok(request) => call_process(client, request, settings.deadline).await,
+        Err(reason) => failed(reason),
+    };
+    object.insert("post_submission".into(), post_submission);
+    let body = Bytes::from(Value::Object(object).to_string());
+    parts
+        .headers
+        .insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+    Response::from_parts(parts, Either::Right(Full::new(body)))
+}
+
+fn process_request(
+    object: &Map<String, Value>,
+    fields: &SubmissionFields,
+    metadata: HashMap<String, String>,
+) -> Result<pb::ProcessRequest, String> {
+    let text = |name: &str| match object.get(name) {
+        Some(Value::String(s)) => Ok(s.clone()),
+        _ => Err(format!("the submit response has no string field `{name}`")),
+    };
+    let answers = match object.get(&fields.answers) {
+        Some(Value::Object(answers)) => answers.clone(),
+        _ => {
+            return Err(format!(
+                "the submit response has no object field `{}`",
+                fields.answers
+            ));
+        }
+    };
+    let submitted_at = object
+        .get(&fields.submitted_at)
+        .and_then(Value::as_str)
+        .and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok())
+        .map(|t| to_proto_timestamp(&t));
+    Ok(pb::ProcessRequest {
+        form_id: text(&fields.form_id)?,
+        submission_id: text(&fields.submission_id)?,
+        answers: Some(to_proto_struct(answers)),
+        submitted_at,
+        metadata,
+    })
+}
+
+async fn call_process(
+    mut client: PostSubmissionClient<Channel>,
+    request: pb::ProcessRequest,
+    deadline: Duration,
+) -> Value {
+    let mut request = tonic::Request::new(request);
+    // Sent as `grpc-timeout` so the proxy stops working on a call nobody waits for.
+    request.set_timeout(deadline);
+    match tokio::time::timeout(deadline, client.process(request)).await {
+        Ok(Ok(reply)) => reply_to_json(reply.into_inner()),
+        Ok(Err(status)) => {
+            tracing::warn!(code = ?status.code(), message = status.message(), "Process failed");
+            failed(format!(
+                "post-submission tasks did not run: {} ({:?})",
+                status.message(),
+                status.code()
+            ))
+        }
+        Err(_) => {
+            tracing::warn!(?deadline, "Process timed out");
+            failed(format!(
+                "post-submission tasks did not run: the postsub proxy did not answer within {deadline:?}"
+            ))
+        }
+    }
+}
+
+fn failed(reason: String) -> Value {
+    json!({"sync_results": [], "jobs": [], "error": reason})
+}
+
+fn reply_to_json(reply: pb::ProcessResponse) -> Value {
+    let sync_results: Vec<Value> = reply
+        .sync_results
+        .into_iter()
+        .map(|result| {
+            let status = match result.status() {
+                pb::SyncStatus::Ok => "ok",
+                pb::SyncStatus::Flagged => "flagged",
+                pb::SyncStatus::Failed => "failed",
+                pb::SyncStatus::TimedOut => "timed_out",
+                pb::SyncStatus::Unspecified => "unspecified",
+            };
+            let flags: Vec<Value> = result
+                .flags
+                .into_iter()
+                .map(|f| json!({"field": f.field, "rule": f.rule, "message": f.message}))
+                .collect();
+            let mut entry = json!({
+                "binding_id": result.binding_id,
+                "name": result.name,
+                "kind": result.kind,
+                "status": status,
+                "flags": flags,
+                "output": result.output.map_or(Value::Null, from_proto_value),
+            });
+            if !result.error.is_empty() {
+                entry["error"] = Value::String(result.error);
+            }
+            entry
+        })
+        .collect();
+    let jobs: Vec<Value> = reply
+        .jobs
+        .into_iter()
+        .map(|job| {
+            json!({"run_id": job.run_id, "binding_id": job.binding_id, "name": job.name, "kind": job.kind})
+        })
+        .collect();
+    json!({"sync_results": sync_results, "jobs": jobs})
+}

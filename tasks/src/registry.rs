@@ -1,0 +1,113 @@
+//! The task kinds one process knows, by name.
+
+use std::{collections::BTreeMap, sync::Arc};
+
+use serde_json::Value;
+
+use crate::{
+    ConfigError, Mode, PreparedTask, TaskBase,
+    google_sheets::GoogleSheets,
+    task::{DynTask, Erased},
+    validate::Validate,
+    webhook::Webhook,
+};
+
+/// Task kinds by name. The proxy and the worker of one deployment must know the same kinds.
+#[derive(Clone, Default)]
+pub struct Registry {
+    kinds: BTreeMap<&'static str, Arc<dyn DynTask>>,
+}
+
+impl Registry {
+    /// An empty registry.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A registry with the built-in kinds: `validate`, `webhook` and `google_sheets` (its
+    /// endpoints from the environment).
+    pub fn with_builtins() -> Self {
+        let mut registry = Self::new();
+        registry
+            .register(Validate::new())
+            .register(Webhook::new())
+            .register(GoogleSheets::from_env());
+        registry
+    }
+
+    /// Adds a kind, replacing one of the same name.
+    pub fn register<T: TaskBase>(&mut self, task: T) -> &mut Self {
+        self.kinds
+            .insert(task.kind(), Arc::new(Erased(Arc::new(task))));
+        self
+    }
+
+    /// The kind named `kind`, if registered.
+    pub fn get(&self, kind: &str) -> Option<&Arc<dyn DynTask>> {
+        self.kinds.get(kind)
+    }
+
+    /// Every registered kind, by name.
+    pub fn kinds(&self) -> impl Iterator<Item = &Arc<dyn DynTask>> {
+        self.kinds.values()
+    }
+
+    /// Checks that `kind` exists and accepts `mode` and `config`, and prepares the task.
+    pub fn prepare(
+        &self,
+        kind: &str,
+        mode: Mode,
+        config: &Value,
+    ) -> Result<Arc<dyn PreparedTask>, ConfigError> {
+        let task = self.get(kind).ok_or_else(|| {
+            let known: Vec<&str> = self.kinds.keys().copied().collect();
+            ConfigError(format!(
+                "unknown task kind `{kind}`; known kinds: {}",
+                known.join(", ")
+            ))
+        })?;
+        if !task.modes().contains(&mode) {
+            return Err(ConfigError(format!(
+                "task kind `{kind}` cannot run in {mode} mode"
+            )));
+        }
+        task.prepare(config)
+    }
+}
+
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.kinds.keys()).finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn unknown_kind_names_the_known_ones() {
+        let err = Registry::with_builtins()
+            .prepare("sheets", Mode::Async, &json!({}))
+            .err()
+            .unwrap();
+        assert_eq!(
+            err.0,
+            "unknown task kind `sheets`; known kinds: google_sheets, validate, webhook"
+        );
+    }
+
+    #[test]
+    fn mode_the_kind_does_not_offer_is_refused() {
+        let err = Registry::with_builtins()
+            .prepare(
+                "webhook",
+                Mode::Sync,
+                &json!({"url": "http://127.0.0.1:1/", "secret": "whsec_c2VjcmV0"}),
+            )
+            .err()
+            .unwrap();
+        assert_eq!(err.0, "task kind `webhook` cannot run in sync mode");
+    }
+}

@@ -1,0 +1,276 @@
+//! The task interface: [`TaskBase`] and the types a task receives and returns.
+
+use std::{collections::BTreeMap, fmt, sync::Arc, time::Duration};
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use uuid::Uuid;
+
+use crate::TaskState;
+
+/// Where a binding runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Inline in `Process`; the result goes back with the submit response.
+    Sync,
+    /// Queued and run by a worker, with retries.
+    Async,
+}
+
+impl Mode {
+    /// The name used in the database, the CLI and JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Sync => "sync",
+            Mode::Async => "async",
+        }
+    }
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Mode {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "sync" => Ok(Mode::Sync),
+            "async" => Ok(Mode::Async),
+            other => Err(format!(
+                "unknown mode `{other}`: expected `sync` or `async`"
+            )),
+        }
+    }
+}
+
+/// One stored submission, as every task sees it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Submission {
+    /// The form the submission belongs to.
+    pub form_id: Uuid,
+    /// The backend's id of the submission.
+    pub submission_id: Uuid,
+    /// Answers keyed by question key.
+    pub answers: Map<String, Value>,
+    /// When the backend stored it.
+    pub submitted_at: DateTime<Utc>,
+    /// Context from the backend (request id, user agent, ...).
+    #[serde(default)]
+    pub metadata: BTreeMap<String, String>,
+}
+
+/// Which run of which binding this is, and what the task may use.
+#[derive(Clone)]
+pub struct RunContext {
+    /// Stable across attempts and repeated `Process` calls: use it to make side effects
+    /// idempotent (the webhook task sends it as `webhook-id`).
+    pub run_id: Uuid,
+    /// The binding being run.
+    pub binding_id: Uuid,
+    /// 1 for the first attempt. Above 1, an earlier attempt may have had its side effect
+    /// without being recorded: check before repeating it.
+    pub attempt: u32,
+    /// Durable state of this binding.
+    pub state: Arc<dyn TaskState>,
+}
+
+impl fmt::Debug for RunContext {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RunContext")
+            .field("run_id", &self.run_id)
+            .field("binding_id", &self.binding_id)
+            .field("attempt", &self.attempt)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One problem found with one answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Flag {
+    /// The question key the problem is about.
+    pub field: String,
+    /// The check or rule that failed (`required`, `type`, a rule's name, ...).
+    pub rule: String,
+    /// A sentence for the person who filled the form.
+    pub message: String,
+}
+
+/// What a finished task returns.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Outcome {
+    /// Task-specific result, kept in the run history.
+    pub output: Value,
+    /// Problems found with the answers; a sync result with flags has status `flagged`.
+    pub flags: Vec<Flag>,
+}
+
+/// Why a task did not finish. The task says whether another attempt can help; the worker
+/// decides whether to make one.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum TaskError {
+    /// Another attempt may succeed (timeouts, 5xx, 429, a connection refused).
+    #[error("{message}")]
+    Retryable {
+        /// What went wrong.
+        message: String,
+        /// The earliest a retry is welcome, when the other side said (`Retry-After`).
+        retry_after: Option<Duration>,
+    },
+    /// No attempt can succeed until someone changes something (bad config, 4xx).
+    #[error("{message}")]
+    Fatal {
+        /// What went wrong, and what to change.
+        message: String,
+    },
+}
+
+impl TaskError {
+    /// A retryable error with no hint on when to retry.
+    pub fn retryable(message: impl Into<String>) -> Self {
+        TaskError::Retryable {
+            message: message.into(),
+            retry_after: None,
+        }
+    }
+
+    /// An error no retry can fix.
+    pub fn fatal(message: impl Into<String>) -> Self {
+        TaskError::Fatal {
+            message: message.into(),
+        }
+    }
+
+    /// Whether another attempt can help.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, TaskError::Retryable { .. })
+    }
+}
+
+/// A binding config the task kind cannot use; the message says why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+impl ConfigError {
+    /// Deserializes a binding config, which must be a JSON object, into a kind's config type.
+    pub fn parse<T: serde::de::DeserializeOwned>(config: &Value) -> Result<T, ConfigError> {
+        if !config.is_object() {
+            return Err(ConfigError("config must be a JSON object".into()));
+        }
+        T::deserialize(config).map_err(|err| ConfigError(format!("config does not parse: {err}")))
+    }
+}
+
+/// A kind of post-submission task.
+///
+/// The config is parsed and checked once per binding ([`TaskBase::parse_config`]), so a bad
+/// config is refused when the binding is created and expensive preparation (compiling
+/// rules, building clients) is not repeated per submission.
+#[async_trait]
+pub trait TaskBase: Send + Sync + 'static {
+    /// The parsed, checked config of one binding.
+    type Config: Send + Sync + 'static;
+
+    /// Unique name bindings refer to (`validate`, `webhook`, ...).
+    fn kind(&self) -> &'static str;
+
+    /// One line for `postsub` users listing the kinds.
+    fn description(&self) -> &'static str;
+
+    /// The modes a binding of this kind may use.
+    fn modes(&self) -> &'static [Mode] {
+        &[Mode::Sync, Mode::Async]
+    }
+
+    /// Parses and checks a binding's JSON config.
+    fn parse_config(&self, config: &Value) -> Result<Self::Config, ConfigError>;
+
+    /// The config as the admin API shows it: secrets masked. The default shows it whole.
+    fn redact_config(&self, config: &Value) -> Value {
+        config.clone()
+    }
+
+    /// Runs the task against one submission.
+    async fn run(
+        &self,
+        config: &Self::Config,
+        context: &RunContext,
+        submission: &Submission,
+    ) -> Result<Outcome, TaskError>;
+}
+
+/// A task kind with its config type erased, as the [`crate::Registry`] stores it.
+pub trait DynTask: Send + Sync {
+    /// See [`TaskBase::kind`].
+    fn kind(&self) -> &'static str;
+    /// See [`TaskBase::description`].
+    fn description(&self) -> &'static str;
+    /// See [`TaskBase::modes`].
+    fn modes(&self) -> &'static [Mode];
+    /// Parses a binding config into a task ready to run.
+    fn prepare(&self, config: &Value) -> Result<Arc<dyn PreparedTask>, ConfigError>;
+    /// See [`TaskBase::redact_config`].
+    fn redact_config(&self, config: &Value) -> Value;
+}
+
+/// One binding's task with its parsed config: what the proxy and worker run.
+#[async_trait]
+pub trait PreparedTask: Send + Sync {
+    /// Runs the task against one submission.
+    async fn run(
+        &self,
+        context: &RunContext,
+        submission: &Submission,
+    ) -> Result<Outcome, TaskError>;
+}
+
+struct Prepared<T: TaskBase> {
+    task: Arc<T>,
+    config: T::Config,
+}
+
+#[async_trait]
+impl<T: TaskBase> PreparedTask for Prepared<T> {
+    async fn run(
+        &self,
+        context: &RunContext,
+        submission: &Submission,
+    ) -> Result<Outcome, TaskError> {
+        self.task.run(&self.config, context, submission).await
+    }
+}
+
+pub(crate) struct Erased<T>(pub(crate) Arc<T>);
+
+impl<T: TaskBase> DynTask for Erased<T> {
+    fn kind(&self) -> &'static str {
+        self.0.kind()
+    }
+
+    fn description(&self) -> &'static str {
+        self.0.description()
+    }
+
+    fn modes(&self) -> &'static [Mode] {
+        self.0.modes()
+    }
+
+    fn redact_config(&self, config: &Value) -> Value {
+        self.0.redact_config(config)
+    }
+
+    fn prepare(&self, config: &Value) -> Result<Arc<dyn PreparedTask>, ConfigError> {
+        let config = self.0.parse_config(config)?;
+        Ok(Arc::new(Prepared {
+            task: self.0.clone(),
+            config,
+        }))
+    }
+}

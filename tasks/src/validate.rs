@@ -1,0 +1,514 @@
+//! The `validate` task: per-field checks and cross-field business rules in CEL.
+//!
+//! Config:
+//! ```json
+//! {"fields": {"age": {"required": true, "type": "number", "min": 0, "max": 150},
+//!             "email": {"type": "string", "pattern": "^[^@]+@[^@]+$"}},
+//!  "rules": [{"name": "savings_within_income", "expr": "monthly_savings <= monthly_income",
+//!             "field": "monthly_savings",
+//!             "message": "Monthly savings cannot exceed monthly income"}]}
+//! ```
+//! Each broken check is a [`Flag`]. An answer of the wrong type is a flag, never an error.
+//! A rule sees every answer as a variable of the same name (and all of them as `answers`);
+//! a rule whose inputs are missing or null is skipped. Patterns and rules are compiled once,
+//! when the binding is created.
+
+use std::{
+    collections::BTreeMap,
+    sync::{Arc, LazyLock},
+};
+
+use async_trait::async_trait;
+use cel::{Context, Env, Program, Value as CelValue, objects::ResolveResult};
+use regex::Regex;
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+
+use crate::{ConfigError, Flag, Outcome, RunContext, Submission, TaskBase, TaskError};
+
+/// The CEL standard environment, built once: building it registers every function.
+static CEL_ENV: LazyLock<Arc<Env>> = LazyLock::new(|| Arc::new(Env::stdlib()));
+
+/// The `validate` task kind.
+#[derive(Debug, Default)]
+pub struct Validate;
+
+impl Validate {
+    /// The task kind.
+    pub fn new() -> Self {
+        Self
+    }
+}
+
+/// The JSON type an answer must have.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FieldType {
+    /// A JSON string.
+    String,
+    /// Any JSON number.
+    Number,
+    /// A JSON number without a fractional part.
+    Integer,
+    /// `true` or `false`.
+    Boolean,
+    /// A JSON array.
+    Array,
+    /// A JSON object.
+    Object,
+}
+
+impl FieldType {
+    fn name(self) -> &'static str {
+        match self {
+            FieldType::String => "a string",
+            FieldType::Number => "a number",
+            FieldType::Integer => "an integer",
+            FieldType::Boolean => "true or false",
+            FieldType::Array => "a list",
+            FieldType::Object => "an object",
+        }
+    }
+
+    fn matches(self, value: &Value) -> bool {
+        match self {
+            FieldType::String => value.is_string(),
+            FieldType::Number => value.is_number(),
+            FieldType::Integer => {
+                value.is_i64() || value.is_u64() || value.as_f64().is_some_and(|n| n.fract() == 0.0)
+            }
+            FieldType::Boolean => value.is_boolean(),
+            FieldType::Array => value.is_array(),
+            FieldType::Object => value.is_object(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FieldSpec {
+    #[serde(default)]
+    required: bool,
+    #[serde(rename = "type")]
+    ty: Option<FieldType>,
+    /// Smallest allowed number.
+    min: Option<f64>,
+    /// Largest allowed number.
+    max: Option<f64>,
+    /// Fewest characters (strings) or items (lists).
+    min_length: Option<usize>,
+    /// Most characters (strings) or items (lists).
+    max_length: Option<usize>,
+    /// Regular expression a string answer must match.
+    pattern: Option<String>,
+    /// The answer must be one of these values.
+    one_of: Option<Vec<Value>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RuleSpec {
+    name: String,
+    expr: String,
+    field: Option<String>,
+    message: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConfigSpec {
+    #[serde(default)]
+    fields: BTreeMap<String, FieldSpec>,
+    #[serde(default)]
+    rules: Vec<RuleSpec>,
+}
+
+/// A parsed `validate` config: patterns and rules compiled.
+pub struct ValidateConfig {
+    fields: Vec<(String, FieldSpec, Option<Regex>)>,
+    rules: Vec<Rule>,
+}
+
+struct Rule {
+    name: String,
+    field: String,
+    message: String,
+    program: Program,
+    /// Answers the rule reads, bound as CEL variables when present.
+    variables: Vec<String>,
+}
+
+#[async_trait]
+impl TaskBase for Validate {
+    type Config = ValidateConfig;
+
+    fn kind(&self) -> &'static str {
+        "validate"
+    }
+
+    fn description(&self) -> &'static str {
+        "Checks answers: required, type, min/max, length, pattern, one_of, and CEL rules across fields"
+    }
+
+    fn parse_config(&self, config: &Value) -> Result<ValidateConfig, ConfigError> {
+        let spec = ConfigError::parse::<ConfigSpec>(config)?;
+        let mut fields = Vec::with_capacity(spec.fields.len());
+        for (key, field) in spec.fields {
+            if let (Some(min), Some(max)) = (field.min, field.max)
+                && min > max
+            {
+                return Err(ConfigError(format!(
+                    "field `{key}`: min {min} is greater than max {max}"
+                )));
+            }
+            let pattern = field
+                .pattern
+                .as_deref()
+                .map(Regex::new)
+                .transpose()
+                .map_err(|err| {
+                    ConfigError(format!("field `{key}`: pattern does not compile: {err}"))
+                })?;
+            fields.push((key, field, pattern));
+        }
+        let mut rules = Vec::with_capacity(spec.rules.len());
+        for rule in spec.rules {
+            if rules.iter().any(|r: &Rule| r.name == rule.name) {
+                return Err(ConfigError(format!("two rules are named `{}`", rule.name)));
+            }
+            let program = CEL_ENV.compile(&rule.expr).map_err(|err| {
+                ConfigError(format!(
+                    "rule `{}`: expression `{}` does not compile: {err}",
+                    rule.name, rule.expr
+                ))
+            })?;
+            let mut variables: Vec<String> = program
+                .references()
+                .variables()
+                .into_iter()
+                .filter(|v| *v != "answers")
+                .map(str::to_owned)
+                .collect();
+            variables.sort();
+            let field = rule
+                .field
+                .or_else(|| variables.first().cloned())
+                .unwrap_or_default();
+            let message = rule
+                .message
+                .unwrap_or_else(|| format!("breaks the rule `{}`", rule.expr));
+            rules.push(Rule {
+                name: rule.name,
+                field,
+                message,
+                program,
+                variables,
+            });
+        }
+        Ok(ValidateConfig { fields, rules })
+    }
+
+    async fn run(
+        &self,
+        config: &ValidateConfig,
+        _context: &RunContext,
+        submission: &Submission,
+    ) -> Result<Outcome, TaskError> {
+        Ok(validate(config, &submission.answers))
+    }
+}
+
+fn validate(config: &ValidateConfig, answers: &Map<String, Value>) -> Outcome {
+    let mut flags = Vec::new();
+    for (key, spec, pattern) in &config.fields {
+        check_field(key, spec, pattern.as_ref(), answers.get(key), &mut flags);
+    }
+    let mut skipped = Vec::new();
+    for rule in &config.rules {
+        match evaluate(rule, answers) {
+            RuleResult::Passed => {}
+            RuleResult::Skipped => skipped.push(rule.name.as_str()),
+            RuleResult::Broken(detail) => flags.push(Flag {
+                field: rule.field.clone(),
+                rule: rule.name.clone(),
+                message: match detail {
+                    None => rule.message.clone(),
+                    Some(detail) => format!("{} ({detail})", rule.message),
+                },
+            }),
+        }
+    }
+    Outcome {
+        output: json!({
+            "fields_checked": config.fields.len(),
+            "rules_checked": config.rules.len() - skipped.len(),
+            "rules_skipped": skipped,
+        }),
+        flags,
+    }
+}
+
+fn check_field(
+    key: &str,
+    spec: &FieldSpec,
+    pattern: Option<&Regex>,
+    value: Option<&Value>,
+    flags: &mut Vec<Flag>,
+) {
+    let mut flag = |rule: &str, message: String| {
+        flags.push(Flag {
+            field: key.to_owned(),
+            rule: rule.to_owned(),
+            message,
+        })
+    };
+    let value = match value {
+        None | Some(Value::Null) => {
+            if spec.required {
+                flag("required", "is required".into());
+            }
+            return;
+        }
+        Some(Value::String(s)) if s.trim().is_empty() && spec.required => {
+            flag("required", "is required".into());
+            return;
+        }
+        Some(value) => value,
+    };
+    if let Some(ty) = spec.ty
+        && !ty.matches(value)
+    {
+        // Range and pattern checks mean nothing on a value of the wrong type.
+        flag("type", format!("must be {}", ty.name()));
+        return;
+    }
+    if let Some(n) = value.as_f64() {
+        if let Some(min) = spec.min
+            && n < min
+        {
+            flag("min", format!("must be at least {min}"));
+        }
+        if let Some(max) = spec.max
+            && n > max
+        {
+            flag("max", format!("must be at most {max}"));
+        }
+    }
+    let length = match value {
+        Value::String(s) => Some(s.chars().count()),
+        Value::Array(items) => Some(items.len()),
+        _ => None,
+    };
+    if let Some(length) = length {
+        if let Some(min) = spec.min_length
+            && length < min
+        {
+            flag(
+                "min_length",
+                format!("must have at least {min} characters or items"),
+            );
+        }
+        if let Some(max) = spec.max_length
+            && length > max
+        {
+            flag(
+                "max_length",
+                format!("must have at most {max} characters or items"),
+            );
+        }
+    }
+    if let (Some(pattern), Some(s)) = (pattern, value.as_str())
+        && !pattern.is_match(s)
+    {
+        flag("pattern", format!("must match {}", pattern.as_str()));
+    }
+    if let Some(allowed) = &spec.one_of
+        && !allowed.contains(value)
+    {
+        let allowed: Vec<String> = allowed.iter().map(Value::to_string).collect();
+        flag("one_of", format!("must be one of {}", allowed.join(", ")));
+    }
+}
+
+enum RuleResult {
+    Passed,
+    Skipped,
+    /// The rule is broken; the detail says why when it could not even be evaluated.
+    Broken(Option<String>),
+}
+
+fn evaluate(rule: &Rule, answers: &Map<String, Value>) -> RuleResult {
+    let mut context = Context::with_env(CEL_ENV.clone());
+    for name in &rule.variables {
+        match answers.get(name) {
+            Some(Value::Null) | None => {}
+            Some(value) => {
+                if context.add_variable(name.as_str(), value).is_err() {
+                    return RuleResult::Broken(Some(format!("`{name}` cannot be read")));
+                }
+            }
+        }
+    }
+    if rule.program.references().has_variable("answers")
+        && context.add_variable("answers", answers).is_err()
+    {
+        return RuleResult::Broken(Some("the answers cannot be read".into()));
+    }
+    interpret(rule.program.execute(&context))
+}
+
+fn interpret(result: ResolveResult) -> RuleResult {
+    match result {
+        Ok(CelValue::Bool(true)) => RuleResult::Passed,
+        Ok(CelValue::Bool(false)) => RuleResult::Broken(None),
+        // A missing input (or a comprehension over one) means the rule does not apply yet.
+        Err(cel::ExecutionError::UndeclaredReference(_)) => RuleResult::Skipped,
+        Ok(other) => RuleResult::Broken(Some(format!(
+            "the rule gave {:?} instead of true or false",
+            other.type_of()
+        ))),
+        Err(err) => RuleResult::Broken(Some(format!("could not be evaluated: {err}"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(config: Value, answers: Value) -> Outcome {
+        let config = Validate.parse_config(&config).expect("config parses");
+        let Value::Object(answers) = answers else {
+            panic!("answers must be an object")
+        };
+        validate(&config, &answers)
+    }
+
+    fn rules_of(outcome: &Outcome) -> Vec<(&str, &str)> {
+        outcome
+            .flags
+            .iter()
+            .map(|f| (f.field.as_str(), f.rule.as_str()))
+            .collect()
+    }
+
+    fn savings_rule() -> Value {
+        json!({"rules": [{"name": "savings_within_income", "expr": "monthly_savings <= monthly_income",
+                          "field": "monthly_savings",
+                          "message": "Monthly savings cannot exceed monthly income"}]})
+    }
+
+    #[test]
+    fn cross_field_rule_flags_with_its_message() {
+        let outcome = run(
+            savings_rule(),
+            json!({"monthly_savings": 2000, "monthly_income": 1500.5}),
+        );
+        assert_eq!(
+            outcome.flags,
+            vec![Flag {
+                field: "monthly_savings".into(),
+                rule: "savings_within_income".into(),
+                message: "Monthly savings cannot exceed monthly income".into()
+            }]
+        );
+        let outcome = run(
+            savings_rule(),
+            json!({"monthly_savings": 100, "monthly_income": 1500}),
+        );
+        assert!(outcome.flags.is_empty(), "{:?}", outcome.flags);
+    }
+
+    #[test]
+    fn rule_with_missing_input_is_skipped() {
+        let outcome = run(
+            savings_rule(),
+            json!({"monthly_savings": 100, "monthly_income": null}),
+        );
+        assert!(outcome.flags.is_empty());
+        assert_eq!(
+            outcome.output["rules_skipped"],
+            json!(["savings_within_income"])
+        );
+    }
+
+    #[test]
+    fn rule_over_wrong_types_is_a_flag_not_an_error() {
+        let outcome = run(
+            savings_rule(),
+            json!({"monthly_savings": "lots", "monthly_income": 10}),
+        );
+        assert_eq!(
+            rules_of(&outcome),
+            vec![("monthly_savings", "savings_within_income")]
+        );
+        assert!(outcome.flags[0].message.contains("could not be evaluated"));
+    }
+
+    #[test]
+    fn field_checks() {
+        let config = json!({"fields": {
+            "age": {"required": true, "type": "number", "min": 0, "max": 150},
+            "email": {"type": "string", "pattern": "^[^@]+@[^@]+$"},
+            "name": {"required": true},
+            "count": {"type": "integer"},
+            "colour": {"one_of": ["red", "green"]},
+            "code": {"min_length": 3, "max_length": 4}
+        }});
+        let outcome = run(
+            config.clone(),
+            json!({"age": 200, "email": "nope", "name": " ", "count": 1.5, "colour": "blue", "code": "ab"}),
+        );
+        assert_eq!(
+            rules_of(&outcome),
+            vec![
+                ("age", "max"),
+                ("code", "min_length"),
+                ("colour", "one_of"),
+                ("count", "type"),
+                ("email", "pattern"),
+                ("name", "required"),
+            ]
+        );
+        let outcome = run(config.clone(), json!({"age": "old", "name": "Ada"}));
+        assert_eq!(rules_of(&outcome), vec![("age", "type")]);
+        let outcome = run(
+            config,
+            json!({"age": 30, "name": "Ada", "email": "a@b", "count": 3}),
+        );
+        assert!(outcome.flags.is_empty(), "{:?}", outcome.flags);
+    }
+
+    #[test]
+    fn rules_can_use_functions_and_the_answers_map() {
+        let config = json!({"rules": [
+            {"name": "tags_nonempty", "expr": "tags.all(t, size(t) > 0)", "field": "tags"},
+            {"name": "has_name", "expr": "has(answers.name)"}
+        ]});
+        let outcome = run(config.clone(), json!({"tags": ["a", ""]}));
+        assert_eq!(
+            rules_of(&outcome),
+            vec![("tags", "tags_nonempty"), ("", "has_name")]
+        );
+        let outcome = run(config, json!({"tags": ["a"], "name": "x"}));
+        assert!(outcome.flags.is_empty(), "{:?}", outcome.flags);
+    }
+
+    #[test]
+    fn bad_configs_are_refused_with_the_reason() {
+        let err = |config: Value| Validate.parse_config(&config).err().unwrap().0;
+        assert!(
+            err(json!({"rules": [{"name": "r", "expr": "a <="}]}))
+                .starts_with("rule `r`: expression `a <=` does not compile")
+        );
+        assert!(
+            err(json!({"fields": {"a": {"pattern": "("}}}))
+                .starts_with("field `a`: pattern does not compile")
+        );
+        assert!(err(json!({"fields": {"a": {"type": "date"}}})).contains("unknown variant `date`"));
+        assert!(
+            err(json!({"fields": {"a": {"requird": true}}})).contains("unknown field `requird`")
+        );
+        assert!(err(json!({"fields": {"a": {"min": 5, "max": 1}}})).contains("min 5 is greater"));
+        assert_eq!(err(json!([])), "config must be a JSON object");
+    }
+}

@@ -1,0 +1,112 @@
+//! A local webhook receiver that records deliveries and checks their Standard Webhooks
+//! signature, independently of postsub's own signing code.
+
+use std::{
+    collections::VecDeque,
+    sync::{Arc, Mutex},
+};
+
+use axum::{
+    Router,
+    body::Bytes,
+    extract::State,
+    http::{HeaderMap, StatusCode},
+    routing::post,
+};
+use base64::{Engine as _, engine::general_purpose::STANDARD as BASE64};
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+
+/// One request the receiver got.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    /// `webhook-id` header.
+    pub id: String,
+    /// Parsed JSON body.
+    pub body: serde_json::Value,
+    /// Whether `webhook-signature` verifies with the receiver's secret.
+    pub signature_ok: bool,
+}
+
+#[derive(Default)]
+struct Inner {
+    deliveries: Vec<Delivery>,
+    /// Statuses to answer with, in order, before answering 200.
+    scripted: VecDeque<StatusCode>,
+}
+
+/// A webhook endpoint on 127.0.0.1, port 0.
+#[derive(Clone)]
+pub struct WebhookReceiver {
+    /// URL to bind the webhook task to.
+    pub url: String,
+    /// The secret to put in the binding config (`whsec_…`).
+    pub secret: String,
+    inner: Arc<Mutex<Inner>>,
+}
+
+impl WebhookReceiver {
+    /// Starts a receiver with a fresh secret.
+    pub async fn start() -> Self {
+        let key: [u8; 24] = std::array::from_fn(|i| (i as u8).wrapping_mul(37).wrapping_add(11));
+        let secret = format!("whsec_{}", BASE64.encode(key));
+        let inner = Arc::new(Mutex::new(Inner::default()));
+        let app = Router::new()
+            .route("/hook", post(receive))
+            .with_state((inner.clone(), key.to_vec()));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind webhook receiver");
+        let url = format!("http://{}/hook", listener.local_addr().expect("local addr"));
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Self { url, secret, inner }
+    }
+
+    /// Answers the next requests with these statuses, then 200 again.
+    pub fn respond_with(&self, statuses: &[u16]) {
+        let mut inner = self.inner.lock().expect("receiver lock");
+        inner.scripted.extend(
+            statuses
+                .iter()
+                .map(|s| StatusCode::from_u16(*s).expect("valid status")),
+        );
+    }
+
+    /// Every delivery so far, in arrival order.
+    pub fn deliveries(&self) -> Vec<Delivery> {
+        self.inner.lock().expect("receiver lock").deliveries.clone()
+    }
+}
+
+async fn receive(
+    State((inner, key)): State<(Arc<Mutex<Inner>>, Vec<u8>)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> StatusCode {
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let id = header("webhook-id");
+    let timestamp = header("webhook-timestamp");
+    let mut mac = Hmac::<Sha256>::new_from_slice(&key).expect("any key length");
+    mac.update(id.as_bytes());
+    mac.update(b".");
+    mac.update(timestamp.as_bytes());
+    mac.update(b".");
+    mac.update(&body);
+    let expected = format!("v1,{}", BASE64.encode(mac.finalize().into_bytes()));
+    let signature_ok = header("webhook-signature")
+        .split(' ')
+        .any(|candidate| candidate == expected);
+    let mut inner = inner.lock().expect("receiver lock");
+    inner.deliveries.push(Delivery {
+        id,
+        body: serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null),
+        signature_ok,
+    });
+    inner.scripted.pop_front().unwrap_or(StatusCode::OK)
+}

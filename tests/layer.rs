@@ -1,0 +1,208 @@
+//! `PostSubmissionLayer` around a small axum route, calling a stand-in `PostSubmission`
+//! server over real gRPC on loopback.
+
+use std::{
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use axum::{Json, Router, http::StatusCode, routing::post};
+use http_body_util::BodyExt;
+use postsub::{
+    PostSubmissionLayer,
+    json::to_proto_value,
+    pb::{
+        self,
+        post_submission_server::{PostSubmission, PostSubmissionServer},
+    },
+};
+use serde_json::{Value, json};
+use tower::ServiceExt;
+
+/// Answers `Process` with one flagged result and one job, after `delay`, and keeps the
+/// requests it got.
+#[derive(Clone, Default)]
+struct StandIn {
+    requests: Arc<Mutex<Vec<pb::ProcessRequest>>>,
+    delay: Duration,
+}
+
+#[tonic::async_trait]
+impl PostSubmission for StandIn {
+    async fn process(
+        &self,
+        request: tonic::Request<pb::ProcessRequest>,
+    ) -> Result<tonic::Response<pb::ProcessResponse>, tonic::Status> {
+        tokio::time::sleep(self.delay).await;
+        self.requests.lock().unwrap().push(request.into_inner());
+        Ok(tonic::Response::new(pb::ProcessResponse {
+            sync_results: vec![pb::SyncResult {
+                binding_id: "b1".into(),
+                name: "checks".into(),
+                kind: "validate".into(),
+                status: pb::SyncStatus::Flagged.into(),
+                flags: vec![pb::Flag {
+                    field: "age".into(),
+                    rule: "max".into(),
+                    message: "must be at most 150".into(),
+                }],
+                output: Some(to_proto_value(json!({"fields_checked": 1}))),
+                error: String::new(),
+                run_id: "r1".into(),
+            }],
+            jobs: vec![pb::QueuedJob {
+                run_id: "r2".into(),
+                binding_id: "b2".into(),
+                name: "hook".into(),
+                kind: "webhook".into(),
+            }],
+        }))
+    }
+}
+
+async fn start_stand_in(stand_in: StandIn) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(PostSubmissionServer::new(stand_in))
+            .serve_with_incoming(
+                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+            ),
+    );
+    addr
+}
+
+const SUBMISSION: &str = "7d9f4f0e-3c55-4b8e-9d2a-3c1f0b6f1a11";
+const FORM: &str = "0b1e8a52-9a3f-4f43-8f8e-5b7a0d2c6e90";
+
+/// A submit route answering like a form backend, or with `status` and `body` if given.
+fn app(layer: PostSubmissionLayer, status: StatusCode, body: Value) -> Router {
+    Router::new().route(
+        "/submit",
+        post(move || async move { (status, Json(body)) }).layer(layer),
+    )
+}
+
+fn stored() -> Value {
+    json!({"id": SUBMISSION, "form_id": FORM, "answers": {"age": 200},
+           "created_at": "2026-11-22T10:00:00Z"})
+}
+
+async fn submit(app: Router) -> (StatusCode, Value) {
+    let request = http::Request::post("/submit")
+        .header("user-agent", "layer-test")
+        .body(axum::body::Body::empty())
+        .unwrap();
+    let response = app.oneshot(request).await.unwrap();
+    let status = response.status();
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    (status, serde_json::from_slice(&bytes).unwrap())
+}
+
+#[tokio::test]
+async fn merges_the_reply_under_post_submission() {
+    let stand_in = StandIn::default();
+    let addr = start_stand_in(stand_in.clone()).await;
+    let layer = PostSubmissionLayer::connect_lazy(&format!("http://{addr}")).unwrap();
+    let (status, body) = submit(app(layer, StatusCode::CREATED, stored())).await;
+    assert_eq!(status, StatusCode::CREATED);
+    assert_eq!(body["id"], SUBMISSION, "the route's own fields stay");
+    assert_eq!(
+        body["post_submission"],
+        json!({
+            "sync_results": [{"binding_id": "b1", "name": "checks", "kind": "validate",
+                              "status": "flagged",
+                              "flags": [{"field": "age", "rule": "max", "message": "must be at most 150"}],
+                              "output": {"fields_checked": 1}}],
+            "jobs": [{"run_id": "r2", "binding_id": "b2", "name": "hook", "kind": "webhook"}]
+        })
+    );
+    let requests = stand_in.requests.lock().unwrap().clone();
+    assert_eq!(requests.len(), 1);
+    let request = &requests[0];
+    assert_eq!(request.form_id, FORM);
+    assert_eq!(request.submission_id, SUBMISSION);
+    assert_eq!(
+        request.submitted_at,
+        Some(prost_types::Timestamp {
+            seconds: 1_795_341_600,
+            nanos: 0
+        })
+    );
+    assert_eq!(
+        request.metadata.get("user-agent").map(String::as_str),
+        Some("layer-test")
+    );
+    let answers = postsub::json::from_proto_struct(request.answers.clone().unwrap());
+    assert_eq!(Value::Object(answers), json!({"age": 200}));
+}
+
+#[tokio::test]
+async fn failed_submissions_pass_through_without_a_call() {
+    let stand_in = StandIn::default();
+    let addr = start_stand_in(stand_in.clone()).await;
+    let layer = PostSubmissionLayer::connect_lazy(&format!("http://{addr}")).unwrap();
+    let error = json!({"error": "unknown form"});
+    let (status, body) = submit(app(layer, StatusCode::NOT_FOUND, error.clone())).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(body, error);
+    assert!(stand_in.requests.lock().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn submission_succeeds_when_the_proxy_is_down() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let layer = PostSubmissionLayer::connect_lazy(&format!("http://{closed}")).unwrap();
+    let (status, body) = submit(app(layer, StatusCode::CREATED, stored())).await;
+    assert_eq!(status, StatusCode::CREATED);
+    assert_eq!(body["id"], SUBMISSION);
+    let error = body["post_submission"]["error"].as_str().unwrap();
+    assert!(
+        error.starts_with("post-submission tasks did not run"),
+        "{error}"
+    );
+    assert_eq!(body["post_submission"]["sync_results"], json!([]));
+}
+
+#[tokio::test]
+async fn submission_succeeds_when_the_proxy_is_slow() {
+    let stand_in = StandIn {
+        delay: Duration::from_secs(5),
+        ..StandIn::default()
+    };
+    let addr = start_stand_in(stand_in).await;
+    let layer = PostSubmissionLayer::connect_lazy(&format!("http://{addr}"))
+        .unwrap()
+        .deadline(Duration::from_millis(200));
+    let (status, body) = submit(app(layer, StatusCode::CREATED, stored())).await;
+    assert_eq!(status, StatusCode::CREATED);
+    let error = body["post_submission"]["error"].as_str().unwrap();
+    assert!(
+        error.contains("did not answer within 200ms")
+            || error.contains("Cancelled")
+            || error.contains("DeadlineExceeded"),
+        "{error}"
+    );
+}
+
+#[tokio::test]
+async fn a_body_that_does_not_describe_a_submission_says_so() {
+    let addr = start_stand_in(StandIn::default()).await;
+    let layer = PostSubmissionLayer::connect_lazy(&format!("http://{addr}")).unwrap();
+    let (status, body) = submit(app(
+        layer,
+        StatusCode::CREATED,
+        json!({"id": SUBMISSION, "answers": {}}),
+    ))
+    .await;
+    assert_eq!(status, StatusCode::CREATED);
+    assert_eq!(
+        body["post_submission"]["error"],
+        "the submit response has no string field `form_id`"
+    );
+}
