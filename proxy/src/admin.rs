@@ -73,7 +73,7 @@ impl Admin {
 
     /// `run` with its attempt history, as `GetRun` shows it.
     async fn run_with_attempts(&self, run: Run) -> Result<Response<pb::Run>, Status> {
-        let attempts = store::run_attempts(&self.pool, run.run_id)
+        let attempts = store::run_attempts(&self.pool, &run)
             .await
             .map_err(database_error)?;
         Ok(Response::new(run_to_proto(run, attempts)))

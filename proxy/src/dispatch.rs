@@ -125,7 +125,11 @@ impl Dispatcher {
                 (pb::SyncStatus::Failed, RunStatus::Failed)
             }
         };
-        let attempt = Attempt::ended(run.run_id, 1, run.created_at, &execution);
+        // A sync run has exactly one attempt. When it succeeded, the run row says all there
+        // is to say (store::run_attempts derives the attempt from it), so only a failed one
+        // costs a second row: two fewer rows per request on the hot path.
+        let attempt = (run_status != RunStatus::Succeeded)
+            .then(|| Attempt::ended(run.run_id, 1, run.created_at, &execution));
         let run = run.after_attempt(execution, run_status);
         let result = pb::SyncResult {
             binding_id: binding.id.to_string(),

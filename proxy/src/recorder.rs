@@ -1,18 +1,23 @@
 //! The run recorder: writes the run history (runs and their attempts) in batches, never
 //! one INSERT per run or attempt.
 //!
-//! Callers hand records to a channel; one writer task takes everything that has queued up
+//! Callers hand records to a channel; a writer task takes everything that has queued up
 //! (group commit: the busier the proxy, the larger the batch) and writes it in one
 //! transaction, with one statement per write kind. Records of the same run within a batch
 //! are merged first, so a batch never touches a row twice. A failed write is retried with
 //! backoff while new records wait in the bounded channel (backpressure, not unbounded
 //! memory).
 //!
+//! There are [`WRITERS`] writers, each with its own channel, committing in parallel: one
+//! writer spends most of a batch waiting on round trips, not on PostgreSQL's CPU. A run's
+//! records always go to the same writer (chosen by run id), so they are written in the
+//! order they were made, and two writers never touch the same row.
+//!
 //! [`Recorder::record_queued`] and [`Recorder::record_attempt`] return once the record is
 //! queued; [`Recorder::record_attempt_durably`] once it is committed, for the worker, which
 //! acks a job only after its attempt is recorded.
 
-use std::{collections::HashMap, time::Duration};
+use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use sqlx::PgPool;
 use tokio::sync::{mpsc, oneshot};
@@ -25,6 +30,9 @@ use crate::{
 
 /// Most records written in one statement.
 const MAX_BATCH: usize = 1000;
+
+/// Writer tasks committing in parallel, each over its own pooled connection.
+pub const WRITERS: usize = 4;
 
 struct Entry {
     run: Run,
@@ -39,19 +47,35 @@ struct Entry {
 #[error("the run recorder has stopped")]
 pub struct RecorderStopped;
 
-/// Handle to the writer task; cheap to clone.
+/// Handle to the writer tasks; cheap to clone.
 #[derive(Clone)]
 pub struct Recorder {
-    entries: mpsc::Sender<Entry>,
+    /// One channel per writer.
+    writers: Arc<[mpsc::Sender<Entry>]>,
 }
 
 impl Recorder {
-    /// Starts the writer task. It ends when every `Recorder` clone is dropped and the
-    /// records queued so far are written.
+    /// Starts the writer tasks, holding up to `capacity` records in all. The returned task
+    /// ends when every `Recorder` clone is dropped and the records queued so far are
+    /// written.
     pub fn start(pool: PgPool, capacity: usize) -> (Self, tokio::task::JoinHandle<()>) {
-        let (entries, receiver) = mpsc::channel(capacity);
-        let writer = tokio::spawn(write_batches(pool, receiver));
-        (Self { entries }, writer)
+        let (writers, tasks): (Vec<_>, Vec<_>) = (0..WRITERS)
+            .map(|_| {
+                let (entries, receiver) = mpsc::channel(capacity.div_ceil(WRITERS));
+                (entries, tokio::spawn(write_batches(pool.clone(), receiver)))
+            })
+            .unzip();
+        let all_written = tokio::spawn(async move {
+            for task in tasks {
+                let _ = task.await;
+            }
+        });
+        (
+            Self {
+                writers: writers.into(),
+            },
+            all_written,
+        )
     }
 
     /// Queues the record of a job just queued, which never overwrites what a worker wrote
@@ -66,13 +90,17 @@ impl Recorder {
         .await
     }
 
-    /// Queues the record of an attempt and of the run's state after it; waits only when the
-    /// channel is full.
-    pub async fn record_attempt(&self, run: Run, attempt: Attempt) -> Result<(), RecorderStopped> {
+    /// Queues the record of a run's state after an attempt, and of the attempt when it is
+    /// given; waits only when the channel is full.
+    pub async fn record_attempt(
+        &self,
+        run: Run,
+        attempt: Option<Attempt>,
+    ) -> Result<(), RecorderStopped> {
         self.send(Entry {
             run,
             write: RunWrite::Upsert,
-            attempt: Some(attempt),
+            attempt,
             committed: None,
         })
         .await
@@ -96,7 +124,11 @@ impl Recorder {
     }
 
     async fn send(&self, entry: Entry) -> Result<(), RecorderStopped> {
-        self.entries.send(entry).await.map_err(|_| RecorderStopped)
+        let writer = (entry.run.run_id.as_u128() % self.writers.len() as u128) as usize;
+        self.writers[writer]
+            .send(entry)
+            .await
+            .map_err(|_| RecorderStopped)
     }
 }
 

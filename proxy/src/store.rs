@@ -417,14 +417,31 @@ struct AttemptRow {
 }
 
 /// Every attempt of a run, oldest first.
-pub async fn run_attempts(pool: &PgPool, run_id: Uuid) -> sqlx::Result<Vec<Attempt>> {
+///
+/// A sync run that succeeded has no attempt row (the dispatcher writes none: the run row
+/// holds all of it), so its one attempt is derived from the run.
+pub async fn run_attempts(pool: &PgPool, run: &Run) -> sqlx::Result<Vec<Attempt>> {
     let rows: Vec<AttemptRow> = sqlx::query_as(
         "SELECT run_id, attempt, status, error, started_at, finished_at FROM task_attempts
          WHERE run_id = $1 ORDER BY attempt",
     )
-    .bind(run_id)
+    .bind(run.run_id)
     .fetch_all(pool)
     .await?;
+    if rows.is_empty()
+        && run.mode == Mode::Sync
+        && run.status == RunStatus::Succeeded
+        && let (Some(started_at), Some(finished_at)) = (run.started_at, run.finished_at)
+    {
+        return Ok(vec![Attempt {
+            run_id: run.run_id,
+            attempt: 1,
+            status: AttemptStatus::Succeeded,
+            error: None,
+            started_at,
+            finished_at,
+        }]);
+    }
     Ok(rows
         .into_iter()
         .map(|row| Attempt {

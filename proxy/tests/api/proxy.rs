@@ -267,6 +267,17 @@ async fn sync_tasks_are_isolated_from_a_hanging_or_panicking_neighbour() {
             == 3
     })
     .await;
+    // Each with its one attempt: a succeeded sync run's is derived from the run row, the
+    // others are stored with their own status.
+    for (result, status) in [
+        (&checks, pb::AttemptStatus::Succeeded),
+        (&stuck, pb::AttemptStatus::TimedOut),
+        (&buggy, pb::AttemptStatus::Panicked),
+    ] {
+        let run = proxy.run(&result.run_id).await;
+        let history: Vec<_> = run.attempt_history.iter().map(|a| a.status()).collect();
+        assert_eq!(history, [status], "{}", result.name);
+    }
     proxy.stack.stop().await.unwrap();
 }
 
