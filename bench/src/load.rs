@@ -1,5 +1,7 @@
-//! A closed-loop load driver: a fixed number of callers, each sending its next request as
-//! soon as the last one answered, for a fixed time; latencies into one histogram.
+//! Load drivers, latencies into one histogram: closed loop (a fixed number of callers, each
+//! sending its next request as soon as the last one answered, for a fixed time: the maximum
+//! throughput) and open loop (requests sent at a fixed rate, whatever earlier ones are
+//! doing: the latency at a given load).
 
 use std::{
     future::Future,
@@ -66,6 +68,60 @@ fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds")
 }
 
+/// Latencies and counts of one caller, or of all of them once merged.
+struct Tally {
+    latency: Histogram<u64>,
+    ok: u64,
+    errors: u64,
+}
+
+impl Tally {
+    fn new() -> Self {
+        Self {
+            latency: histogram(),
+            ok: 0,
+            errors: 0,
+        }
+    }
+
+    /// Counts one request that took `took`; prints the first error only.
+    fn record<E: std::fmt::Display>(&mut self, result: Result<(), E>, took: Duration) {
+        match result {
+            Ok(()) => {
+                self.ok += 1;
+                self.latency.saturating_record(took.as_micros() as u64);
+            }
+            Err(err) => {
+                if self.errors == 0 {
+                    eprintln!("  a request failed: {err}");
+                }
+                self.errors += 1;
+            }
+        }
+    }
+
+    fn merge(&mut self, other: Tally) {
+        self.latency
+            .add(other.latency)
+            .expect("same histogram bounds");
+        self.ok += other.ok;
+        self.errors += other.errors;
+    }
+
+    fn measured(self, usage: Usage, started: Instant) -> Measurement {
+        let elapsed = started.elapsed();
+        let (cpu, peak_rss) = usage.finish();
+        Measurement {
+            requests: self.ok,
+            errors: self.errors,
+            elapsed,
+            latency: self.latency,
+            cpu,
+            peak_rss,
+        }
+    }
+}
+
 /// Runs `concurrency` callers for `duration`; `call(i)` makes request number `i` of a caller.
 pub async fn drive<F, Fut, E>(concurrency: usize, duration: Duration, call: F) -> Measurement
 where
@@ -80,45 +136,51 @@ where
         .map(|caller| {
             let call = call.clone();
             tokio::spawn(async move {
-                let mut latency = histogram();
-                let (mut ok, mut errors) = (0u64, 0u64);
+                let mut tally = Tally::new();
                 let mut i = caller as u64;
                 while Instant::now() < deadline {
                     let sent = Instant::now();
-                    match call(i).await {
-                        Ok(()) => {
-                            ok += 1;
-                            latency.saturating_record(sent.elapsed().as_micros() as u64);
-                        }
-                        Err(err) => {
-                            if errors == 0 {
-                                eprintln!("  a request failed: {err}");
-                            }
-                            errors += 1;
-                        }
-                    }
+                    let result = call(i).await;
+                    tally.record(result, sent.elapsed());
                     i += concurrency as u64;
                 }
-                (latency, ok, errors)
+                tally
             })
         })
         .collect();
-    let mut latency = histogram();
-    let (mut requests, mut errors) = (0, 0);
+    let mut all = Tally::new();
     for caller in callers {
-        let (caller_latency, ok, failed) = caller.await.expect("a load caller panicked");
-        latency.add(caller_latency).expect("same histogram bounds");
-        requests += ok;
-        errors += failed;
+        all.merge(caller.await.expect("a load caller panicked"));
     }
-    let elapsed = started.elapsed();
-    let (cpu, peak_rss) = usage.finish();
-    Measurement {
-        requests,
-        errors,
-        elapsed,
-        latency,
-        cpu,
-        peak_rss,
+    all.measured(usage, started)
+}
+
+/// Sends `rate` requests per second for `duration`, each on its own task (open loop).
+/// Latency counts from when a request was due, not when it went out, so a stall shows in
+/// the latencies instead of lowering the load (no coordinated omission).
+pub async fn drive_at_rate<F, Fut, E>(rate: f64, duration: Duration, call: F) -> Measurement
+where
+    F: Fn(u64) -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = Result<(), E>> + Send,
+    E: std::fmt::Display + Send + 'static,
+{
+    let usage = Usage::start();
+    let started = Instant::now();
+    let total = (duration.as_secs_f64() * rate) as u64;
+    let mut requests = tokio::task::JoinSet::new();
+    for i in 0..total {
+        let due = started + Duration::from_secs_f64(i as f64 / rate);
+        tokio::time::sleep_until(due.into()).await;
+        let call = call.clone();
+        requests.spawn(async move {
+            let result = call(i).await;
+            (result, due.elapsed())
+        });
     }
+    let mut all = Tally::new();
+    while let Some(done) = requests.join_next().await {
+        let (result, took) = done.expect("a load request panicked");
+        all.record(result, took);
+    }
+    all.measured(usage, started)
 }

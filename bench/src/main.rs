@@ -3,13 +3,16 @@
 //!
 //! Rows: (1) a bare tonic server with `Process`'s signature (the floor of tonic here);
 //! (2) `Process` for a form without bindings; (3) `Process` with 2 sync `validate` bindings
-//! (10 checks, 3 of them CEL rules across fields) and 1 async `webhook`; (4) raw lapin
-//! persistent publishes with confirms of a job-sized message (the floor of RabbitMQ here);
+//! (10 checks, 3 of them CEL rules across fields) and 1 async `webhook`, then (3b) the same
+//! at a fixed rate of half its maximum throughput; (4) raw lapin persistent publishes with
+//! confirms of a job-sized message (the floor of RabbitMQ here), then (4b) the same at row
+//! 3b's rate;
 //! (5) an HTTP submit route with and without `PostSubmissionLayer`; (6) the worker draining
 //! webhook jobs, and `google_sheets` rows against the Sheets emulator answering after 100 ms.
 //!
 //! Everything runs in this process on loopback; each row's load is a fixed number of
-//! callers for a fixed time (closed loop).
+//! callers for a fixed time (closed loop), except rows 3b and 4b, which send at a fixed rate
+//! (open loop) to measure latency at a given load.
 
 mod load;
 mod scenarios;
