@@ -161,10 +161,11 @@ impl Proxy {
     /// Binds both listeners and connects to RabbitMQ.
     pub async fn build(services: &Services, settings: &ProxySettings) -> anyhow::Result<Self> {
         let publisher = Arc::new(Publisher::new(services.queues.clone()));
-        publisher
-            .connect()
-            .await
-            .context("cannot connect to RabbitMQ (AMQP_URL)")?;
+        // RabbitMQ away at start-up is an outage like any other: `Process` keeps jobs in the
+        // outbox and the relay publishes them once the broker answers.
+        if let Err(err) = publisher.connect().await {
+            tracing::warn!(error = %err, "RabbitMQ is not answering (AMQP_URL); jobs go to the outbox until it does");
+        }
         let grpc = TcpListener::bind(settings.grpc_addr)
             .await
             .with_context(|| format!("cannot listen on {} (gRPC)", settings.grpc_addr))?;

@@ -17,6 +17,14 @@ pub struct DatabaseSettings {
     pub database_url: String,
 }
 
+/// Checks an AMQP URL the way the client will read it, so a typo is an error at start-up
+/// rather than an outage at the first publish.
+fn parse_amqp_url(url: &str) -> Result<String, String> {
+    url.parse::<lapin::uri::AMQPUri>()
+        .map(|_| url.to_owned())
+        .map_err(|err| format!("not an AMQP URL ({err})"))
+}
+
 /// Where RabbitMQ is and how queues are named.
 #[derive(Debug, Clone, Args)]
 pub struct BrokerSettings {
@@ -25,7 +33,8 @@ pub struct BrokerSettings {
         long,
         env = "AMQP_URL",
         default_value = "amqp://guest:guest@127.0.0.1:5672/%2f",
-        hide_env_values = true
+        hide_env_values = true,
+        value_parser = parse_amqp_url
     )]
     pub amqp_url: String,
     /// Prefix of every queue name (`<prefix>.<kind>`, `<prefix>.<kind>.dead`,

@@ -2,8 +2,13 @@
 //! once (and on other proxies through NOTIFY), sync tasks are isolated from each other, and
 //! the run history can be filtered and paged.
 
+use std::sync::{Arc, atomic::AtomicBool};
+
 use postsub::pb::{self, post_submission_client::PostSubmissionClient};
-use postsub_proxy::app::{Proxy, Services};
+use postsub_proxy::{
+    app::{DevStack, Proxy, Services},
+    settings::DevSettings,
+};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 use tonic::{Code, transport::Channel};
@@ -534,4 +539,53 @@ async fn health_endpoints_answer() {
     );
     proxy.stack.stop().await.unwrap();
     drop(proxy.db);
+}
+
+#[tokio::test]
+async fn the_proxy_starts_without_rabbitmq_and_keeps_jobs_in_the_outbox() {
+    let db = postsub_testkit::TestDatabase::create("postsub").await;
+    let flags: &[&str] = &[];
+    let bad = DevSettings::isolated(&db.url, "http://127.0.0.1:5672", "unused", flags)
+        .expect_err("a URL that is not AMQP is refused at start-up");
+    assert!(bad.to_string().contains("not an AMQP URL"), "{bad}");
+
+    // Nothing listens on port 1: the connection is refused, as when the broker is down.
+    let settings =
+        DevSettings::isolated(&db.url, "amqp://guest:guest@127.0.0.1:1/%2f", "away", flags)
+            .expect("settings parse");
+    let stack = DevStack::start(
+        &settings,
+        registry(Arc::new(AtomicBool::new(false))),
+        CancellationToken::new(),
+    )
+    .await
+    .expect("postsub starts while RabbitMQ is down");
+    let url = format!("http://{}", stack.grpc_addr());
+    let form = Uuid::new_v4();
+    let channel = Channel::from_shared(url).unwrap().connect().await.unwrap();
+    pb::task_admin_client::TaskAdminClient::new(channel.clone())
+        .create_binding(binding(
+            form,
+            "hook",
+            "webhook",
+            pb::Mode::Async,
+            json!({"url": "http://127.0.0.1:9/hook", "secret": "whsec_c2VjcmV0"}),
+        ))
+        .await
+        .unwrap();
+    let reply = PostSubmissionClient::new(channel)
+        .process(process(form, json!({"name": "Ada"})))
+        .await
+        .expect("Process answers without RabbitMQ")
+        .into_inner();
+    assert_eq!(reply.jobs.len(), 1, "the job is reported queued: {reply:?}");
+
+    let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
+    let kept: Vec<Uuid> = sqlx::query_scalar("SELECT run_id FROM outbox")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    assert_eq!(kept, [reply.jobs[0].run_id.parse::<Uuid>().unwrap()]);
+    pool.close().await;
+    stack.stop().await.unwrap();
 }
