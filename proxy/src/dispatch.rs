@@ -151,7 +151,7 @@ impl Dispatcher {
         submission: &Submission,
     ) -> Result<pb::QueuedJob, Status> {
         let binding = &live.binding;
-        let mut run = Run::queued(
+        let run = Run::queued(
             binding.id,
             &binding.kind,
             Mode::Async,
@@ -201,7 +201,6 @@ impl Dispatcher {
             name: binding.name.clone(),
             kind: binding.kind.clone(),
         };
-        run.input = Some(job);
         warn_if_stopped(self.recorder.record_queued(run).await);
         Ok(queued)
     }

@@ -166,25 +166,18 @@ struct Batch {
 
 impl Batch {
     fn merge(entries: impl Iterator<Item = Entry>) -> Self {
-        // Per run, the latest upsert wins (keeping a stored job an earlier record carried);
-        // an insert-if-absent only counts when the batch has nothing else for that run (it
-        // must never overwrite). Every attempt counts, once.
+        // Per run, the latest upsert wins; an insert-if-absent only counts when the batch has
+        // nothing else for that run (it must never overwrite). Every attempt counts, once.
         let mut merged: HashMap<Uuid, (Run, RunWrite)> = HashMap::new();
         let mut attempts: HashMap<(Uuid, i32), Attempt> = HashMap::new();
         let mut committed = Vec::new();
-        for mut entry in entries {
+        for entry in entries {
             committed.extend(entry.committed);
             if let Some(attempt) = entry.attempt {
                 attempts.insert((attempt.run_id, attempt.attempt), attempt);
             }
-            match (merged.get_mut(&entry.run.run_id), entry.write) {
-                (Some(_), RunWrite::InsertIfAbsent) => {}
-                (earlier, _) => {
-                    if let Some((earlier, _)) = earlier {
-                        entry.run.input = entry.run.input.or(earlier.input.take());
-                    }
-                    merged.insert(entry.run.run_id, (entry.run, entry.write));
-                }
+            if entry.write == RunWrite::Upsert || !merged.contains_key(&entry.run.run_id) {
+                merged.insert(entry.run.run_id, (entry.run, entry.write));
             }
         }
         let (mut inserts, mut upserts) = (Vec::new(), Vec::new());

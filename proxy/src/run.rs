@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use uuid::Uuid;
 
-use crate::{execute::Execution, job::Job};
+use crate::execute::Execution;
 
 /// Namespace of run ids (UUID v5), fixed forever: changing it would break idempotency
 /// across a deploy.
@@ -176,9 +176,6 @@ pub struct Run {
     pub finished_at: Option<DateTime<Utc>>,
     /// When the row last changed; `None` before it is stored.
     pub updated_at: Option<DateTime<Utc>>,
-    /// The job of an async run, stored once so `postsub runs retry` can queue it again.
-    /// Written, never read back with the run: [`crate::store::run_input`] reads it.
-    pub input: Option<Job>,
 }
 
 impl Run {
@@ -206,7 +203,6 @@ impl Run {
             started_at: None,
             finished_at: None,
             updated_at: None,
-            input: None,
         }
     }
 

@@ -209,15 +209,15 @@ pub async fn write_runs(
     };
     let sql = format!(
         "INSERT INTO task_runs (run_id, binding_id, form_id, submission_id, kind, mode, status,
-            attempts, output, flags, error, created_at, started_at, finished_at, input)
+            attempts, output, flags, error, created_at, started_at, finished_at)
          SELECT r.run_id, r.binding_id, r.form_id, r.submission_id, r.kind, r.mode, r.status,
             r.attempts, r.output::jsonb, r.flags::jsonb, r.error, r.created_at, r.started_at,
-            r.finished_at, r.input::jsonb
+            r.finished_at
          FROM UNNEST($1::uuid[], $2::uuid[], $3::uuid[], $4::uuid[], $5::text[], $6::text[],
             $7::text[], $8::int4[], $9::text[], $10::text[], $11::text[], $12::timestamptz[],
-            $13::timestamptz[], $14::timestamptz[], $15::text[])
+            $13::timestamptz[], $14::timestamptz[])
             AS r(run_id, binding_id, form_id, submission_id, kind, mode, status, attempts,
-                 output, flags, error, created_at, started_at, finished_at, input)
+                 output, flags, error, created_at, started_at, finished_at)
          ON CONFLICT (run_id) {conflict}"
     );
     sqlx::query(sqlx::AssertSqlSafe(sql))
@@ -243,18 +243,9 @@ pub async fn write_runs(
         .bind(runs.iter().map(|r| r.created_at).collect::<Vec<_>>())
         .bind(runs.iter().map(|r| r.started_at).collect::<Vec<_>>())
         .bind(runs.iter().map(|r| r.finished_at).collect::<Vec<_>>())
-        .bind(
-            runs.iter()
-                .map(|r| r.input.as_ref().map(job_json))
-                .collect::<Vec<_>>(),
-        )
         .execute(conn)
         .await?;
     Ok(())
-}
-
-fn job_json(job: &Job) -> String {
-    serde_json::to_string(job).expect("a job always serializes")
 }
 
 /// Writes many attempt records in one statement. Writing one again (a batch retried after
@@ -395,8 +386,9 @@ pub async fn unqueue_runs(pool: &PgPool, run_ids: &[Uuid], status: RunStatus) ->
     Ok(())
 }
 
-/// The job stored with a run (see [`Run::input`]); `None` for sync runs and runs recorded
-/// before jobs were stored.
+/// The job stored with an async run when a worker first took it ([`claim_run`],
+/// [`expire_run`]), so `postsub runs retry` can queue it again; `None` for sync runs and runs
+/// no worker took yet (only runs a worker finished can be retried).
 pub async fn run_input(pool: &PgPool, run_id: Uuid) -> sqlx::Result<Option<Job>> {
     let input: Option<Option<Json<Job>>> =
         sqlx::query_scalar("SELECT input FROM task_runs WHERE run_id = $1")
@@ -497,7 +489,6 @@ impl From<RunRow> for Run {
             started_at: row.started_at,
             finished_at: row.finished_at,
             updated_at: Some(row.updated_at),
-            input: None,
         }
     }
 }
