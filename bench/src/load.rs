@@ -122,6 +122,30 @@ impl Tally {
     }
 }
 
+/// How a row drives its load.
+#[derive(Debug, Clone, Copy)]
+pub enum Load {
+    /// A fixed number of callers, each calling again once answered: the maximum throughput.
+    Callers(usize),
+    /// A fixed rate of requests per second: the latency at that load.
+    Rate(f64),
+}
+
+impl Load {
+    /// Drives `call` for `duration` with this load.
+    pub async fn drive<F, Fut, E>(self, duration: Duration, call: F) -> Measurement
+    where
+        F: Fn(u64) -> Fut + Clone + Send + 'static,
+        Fut: Future<Output = Result<(), E>> + Send + 'static,
+        E: std::fmt::Display + Send + 'static,
+    {
+        match self {
+            Load::Callers(callers) => drive(callers, duration, call).await,
+            Load::Rate(rate) => drive_at_rate(rate, duration, call).await,
+        }
+    }
+}
+
 /// Runs `concurrency` callers for `duration`; `call(i)` makes request number `i` of a caller.
 pub async fn drive<F, Fut, E>(concurrency: usize, duration: Duration, call: F) -> Measurement
 where

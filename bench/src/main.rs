@@ -111,13 +111,21 @@ fn print_table(report: &Report) {
         let ratio = ratio.map_or(String::new(), |(r, against)| {
             format!("{:.0}% of {against}", r * 100.0)
         });
+        // Rows that count finished work (the worker's) have no latencies.
+        let latency = |quantile| {
+            if m.latency.is_empty() {
+                "–".to_owned()
+            } else {
+                format!("{:.2}", m.latency_ms(quantile))
+            }
+        };
         println!(
-            "| {:<44} | {:>9.0} | {:>8.2} | {:>8.2} | {:>8.2} | {:>10.3} | {:>8.1} | {:<22} |",
+            "| {:<44} | {:>9.0} | {:>8} | {:>8} | {:>8} | {:>10.3} | {:>8.1} | {:<22} |",
             name,
             m.throughput(),
-            m.latency_ms(0.5),
-            m.latency_ms(0.99),
-            m.latency_ms(0.999),
+            latency(0.5),
+            latency(0.99),
+            latency(0.999),
             m.cpu_per_1k(),
             m.peak_rss as f64 / (1024.0 * 1024.0),
             ratio

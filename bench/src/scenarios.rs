@@ -44,7 +44,7 @@ use uuid::Uuid;
 
 use crate::{
     Args, Report,
-    load::{Measurement, drive, drive_at_rate},
+    load::{Load, Measurement, drive},
     usage::{Usage, rss},
 };
 
@@ -228,15 +228,6 @@ async fn start_floor() -> anyhow::Result<SocketAddr> {
     Ok(addr)
 }
 
-/// How a row drives its load.
-#[derive(Debug, Clone, Copy)]
-enum Load {
-    /// A fixed number of callers, each calling again once answered: the maximum throughput.
-    Callers(usize),
-    /// A fixed rate of requests per second: the latency at that load.
-    Rate(f64),
-}
-
 async fn load_process(
     args: &Args,
     url: &str,
@@ -251,10 +242,7 @@ async fn load_process(
         let request = process_request(form, &answers);
         async move { client.process(request).await.map(drop) }
     };
-    Ok(match load {
-        Load::Callers(callers) => drive(callers, args.duration, call).await,
-        Load::Rate(rate) => drive_at_rate(rate, args.duration, call).await,
-    })
+    Ok(load.drive(args.duration, call).await)
 }
 
 /// Two sync `validate` bindings (7 field checks + 3 CEL rules across fields) and one async
@@ -372,10 +360,7 @@ async fn load_publish(args: &Args, broker: &TestBroker, load: Load) -> anyhow::R
                 }
             }
         };
-        match load {
-            Load::Callers(callers) => drive(callers, args.duration, call).await,
-            Load::Rate(rate) => drive_at_rate(rate, args.duration, call).await,
-        }
+        load.drive(args.duration, call).await
     };
     channel
         .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
