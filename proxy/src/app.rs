@@ -158,13 +158,14 @@ pub struct Proxy {
 }
 
 impl Proxy {
-    /// Binds both listeners and connects to RabbitMQ.
+    /// Binds both listeners and connects to RabbitMQ, if it answers.
     pub async fn build(services: &Services, settings: &ProxySettings) -> anyhow::Result<Self> {
         let publisher = Arc::new(Publisher::new(services.queues.clone()));
         // RabbitMQ away at start-up is an outage like any other: `Process` keeps jobs in the
         // outbox and the relay publishes them once the broker answers.
         if let Err(err) = publisher.connect().await {
-            tracing::warn!(error = %err, "RabbitMQ is not answering (AMQP_URL); jobs go to the outbox until it does");
+            tracing::warn!(error = %err,
+                "RabbitMQ is not answering (AMQP_URL); jobs go to the outbox until it does");
         }
         let grpc = TcpListener::bind(settings.grpc_addr)
             .await
