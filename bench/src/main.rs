@@ -59,9 +59,26 @@ async fn main() -> anyhow::Result<()> {
         args.concurrency,
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
-    let report = scenarios::run_all(&args).await?;
+    // Interrupted, the run is dropped, and with it its database and vhost.
+    let report = tokio::select! {
+        report = scenarios::run_all(&args) => report?,
+        () = interrupted() => {
+            eprintln!("interrupted: removing the benchmark's database and vhost");
+            return Ok(());
+        }
+    };
     print_table(&report);
     Ok(())
+}
+
+/// Ctrl-C or SIGTERM.
+async fn interrupted() {
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("a SIGTERM handler can be installed");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate.recv() => {}
+    }
 }
 
 /// One row of the table: a name, what it measured, its ratio to a floor row.
