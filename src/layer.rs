@@ -354,6 +354,7 @@ fn reply_to_json(reply: pb::ProcessResponse) -> Value {
                 .map(|f| json!({"field": f.field, "rule": f.rule, "message": f.message}))
                 .collect();
             let mut entry = json!({
+                "run_id": result.run_id,
                 "binding_id": result.binding_id,
                 "name": result.name,
                 "kind": result.kind,

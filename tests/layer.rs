@@ -112,7 +112,7 @@ async fn merges_the_reply_under_post_submission() {
     assert_eq!(
         body["post_submission"],
         json!({
-            "sync_results": [{"binding_id": "b1", "name": "checks", "kind": "validate",
+            "sync_results": [{"run_id": "r1", "binding_id": "b1", "name": "checks", "kind": "validate",
                               "status": "flagged",
                               "flags": [{"field": "age", "rule": "max", "message": "must be at most 150"}],
                               "output": {"fields_checked": 1}}],
