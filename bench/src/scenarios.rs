@@ -73,15 +73,19 @@ fn process_request(form: Uuid, answers: &Map<String, Value>) -> pb::ProcessReque
 /// Runs every row in order and derives the ratios.
 pub async fn run_all(args: &Args) -> anyhow::Result<Report> {
     let db = TestDatabase::create("postsub_bench").await;
+    // Plain TCP to PostgreSQL, like the gRPC and AMQP connections here: sqlx's default
+    // (`sslmode=prefer`) would run rustls over loopback, which measures TLS, not postsub. A
+    // deployment chooses with DATABASE_URL's `sslmode`.
+    let database_url = format!("{}?sslmode=disable", db.url);
     let broker = TestBroker::create();
     let emulator = SheetsEmulator::start().await;
     let settings = DevSettings::isolated(
-        &db.url,
+        &database_url,
         &broker.url,
         &broker.prefix,
         &["--concurrency", "128", "--prefetch", "256"],
     )?;
-    postsub_proxy::db::migrate(&db.url).await?;
+    postsub_proxy::db::migrate(&database_url).await?;
     let mut registry = Registry::with_builtins();
     registry.register(GoogleSheets::new(Endpoints {
         sheets_base_url: emulator.sheets_base_url(),
