@@ -147,7 +147,7 @@ impl Load {
 }
 
 /// Runs `concurrency` callers for `duration`; `call(i)` makes request number `i` of a caller.
-pub async fn drive<F, Fut, E>(concurrency: usize, duration: Duration, call: F) -> Measurement
+async fn drive<F, Fut, E>(concurrency: usize, duration: Duration, call: F) -> Measurement
 where
     F: Fn(u64) -> Fut + Clone + Send + 'static,
     Fut: Future<Output = Result<(), E>> + Send,
@@ -182,7 +182,7 @@ where
 /// Sends `rate` requests per second for `duration`, each on its own task (open loop).
 /// Latency counts from when a request was due, not when it went out, so a stall shows in
 /// the latencies instead of lowering the load (no coordinated omission).
-pub async fn drive_at_rate<F, Fut, E>(rate: f64, duration: Duration, call: F) -> Measurement
+async fn drive_at_rate<F, Fut, E>(rate: f64, duration: Duration, call: F) -> Measurement
 where
     F: Fn(u64) -> Fut + Clone + Send + 'static,
     Fut: Future<Output = Result<(), E>> + Send,

@@ -44,7 +44,7 @@ use uuid::Uuid;
 
 use crate::{
     Args, Report,
-    load::{Load, Measurement, drive},
+    load::{Load, Measurement},
     usage::{Usage, rss},
 };
 
@@ -120,7 +120,7 @@ pub async fn run_all(args: &Args) -> anyhow::Result<Report> {
     let half_rate = full.throughput() / 2.0;
     settle().await;
     // Like row 4b, row 3b starts with an empty queue.
-    purge(&broker, "webhook").await?;
+    purge(&broker.url, &services.queues.queue_name("webhook")).await?;
     println!("3b. the same at a fixed {half_rate:.0} req/s, half of row 3's maximum");
     let half = load_process(args, &grpc, full_form, Load::Rate(half_rate)).await?;
     println!("4. publish floor: raw lapin, persistent, confirmed");
@@ -403,28 +403,26 @@ async fn load_http(args: &Args, addr: SocketAddr) -> Measurement {
     let client = reqwest::Client::new();
     let url = format!("http://{addr}/submit");
     let body = Arc::new(json!({"answers": answers()}).to_string());
-    drive(args.concurrency, args.duration, move |_| {
-        let request = client
-            .post(&url)
-            .header("content-type", "application/json")
-            .body(body.as_str().to_owned());
-        async move {
-            let response = request.send().await?.error_for_status()?;
-            response.bytes().await.map(drop)
-        }
-    })
-    .await
+    Load::Callers(args.concurrency)
+        .drive(args.duration, move |_| {
+            let request = client
+                .post(&url)
+                .header("content-type", "application/json")
+                .body(body.as_str().to_owned());
+            async move {
+                let response = request.send().await?.error_for_status()?;
+                response.bytes().await.map(drop)
+            }
+        })
+        .await
 }
 
-/// Empties the work queue of a task kind.
-async fn purge(broker: &TestBroker, kind: &str) -> anyhow::Result<()> {
-    let connection = Connection::connect(&broker.url, ConnectionProperties::default()).await?;
+/// Empties a queue.
+async fn purge(amqp_url: &str, queue: &str) -> anyhow::Result<()> {
+    let connection = Connection::connect(amqp_url, ConnectionProperties::default()).await?;
     let channel = connection.create_channel().await?;
     channel
-        .queue_purge(
-            format!("{}.{kind}", broker.prefix).as_str().into(),
-            QueuePurgeOptions::default(),
-        )
+        .queue_purge(queue.into(), QueuePurgeOptions::default())
         .await?;
     connection.close(200, "purged".into()).await?;
     Ok(())
