@@ -31,7 +31,8 @@ pub async fn migrate(database_url: &str) -> anyhow::Result<()> {
 /// Connects a pool, failing fast when PostgreSQL does not answer.
 pub async fn connect(database_url: &str) -> anyhow::Result<PgPool> {
     PgPoolOptions::new()
-        .max_connections(16)
+        // The run recorder holds one of them.
+        .max_connections(17)
         .acquire_timeout(Duration::from_secs(5))
         .connect(database_url)
         .await

@@ -1,25 +1,26 @@
 //! The run recorder: writes the run history (runs and their attempts) in batches, never
 //! one INSERT per run or attempt.
 //!
-//! Callers hand records to a channel; a writer task takes everything that has queued up
+//! Callers hand records to a channel; one writer task takes everything that has queued up
 //! (group commit: the busier the proxy, the larger the batch) and writes it in one
-//! transaction, with one statement per write kind. Records of the same run within a batch
-//! are merged first, so a batch never touches a row twice. A failed write is retried with
-//! backoff while new records wait in the bounded channel (backpressure, not unbounded
-//! memory).
+//! statement, its own transaction. Records of the same run within a batch are merged first,
+//! so a batch never touches a row twice, and records are written in the order they were
+//! made. A failed write is retried with backoff while new records wait in the bounded
+//! channel (backpressure, not unbounded memory).
 //!
-//! There are [`WRITERS`] writers, each with its own channel, committing in parallel: one
-//! writer spends most of a batch waiting on round trips, not on PostgreSQL's CPU. A run's
-//! records always go to the same writer (chosen by run id), so they are written in the
-//! order they were made, and two writers never touch the same row.
+//! Each statement costs PostgreSQL a commit and a fixed share of work whatever its size, so
+//! the writer keeps a quiet proxy from writing one record per statement: when a batch is
+//! not full it waits [`LINGER`] for company, and it holds its connection from batch to
+//! batch.
 //!
 //! [`Recorder::record_queued`] and [`Recorder::record_attempt`] return once the record is
 //! queued; [`Recorder::record_attempt_durably`] once it is committed, for the worker, which
 //! acks a job only after its attempt is recorded.
 
-use std::{collections::HashMap, sync::Arc, time::Duration};
+use std::{collections::HashMap, time::Duration};
 
-use sqlx::PgPool;
+use futures_util::FutureExt as _;
+use sqlx::{PgPool, Postgres, pool::PoolConnection};
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
@@ -31,8 +32,8 @@ use crate::{
 /// Most records written in one statement.
 const MAX_BATCH: usize = 1000;
 
-/// Writer tasks committing in parallel, each over its own pooled connection.
-pub const WRITERS: usize = 4;
+/// How long a batch that is not full waits for more records before it is written.
+const LINGER: Duration = Duration::from_millis(1);
 
 struct Entry {
     run: Run,
@@ -47,35 +48,19 @@ struct Entry {
 #[error("the run recorder has stopped")]
 pub struct RecorderStopped;
 
-/// Handle to the writer tasks; cheap to clone.
+/// Handle to the writer task; cheap to clone.
 #[derive(Clone)]
 pub struct Recorder {
-    /// One channel per writer.
-    writers: Arc<[mpsc::Sender<Entry>]>,
+    entries: mpsc::Sender<Entry>,
 }
 
 impl Recorder {
-    /// Starts the writer tasks, holding up to `capacity` records in all. The returned task
-    /// ends when every `Recorder` clone is dropped and the records queued so far are
-    /// written.
+    /// Starts the writer task, holding up to `capacity` records. The returned task ends
+    /// when every `Recorder` clone is dropped and the records queued so far are written.
     pub fn start(pool: PgPool, capacity: usize) -> (Self, tokio::task::JoinHandle<()>) {
-        let (writers, tasks): (Vec<_>, Vec<_>) = (0..WRITERS)
-            .map(|_| {
-                let (entries, receiver) = mpsc::channel(capacity.div_ceil(WRITERS));
-                (entries, tokio::spawn(write_batches(pool.clone(), receiver)))
-            })
-            .unzip();
-        let all_written = tokio::spawn(async move {
-            for task in tasks {
-                let _ = task.await;
-            }
-        });
-        (
-            Self {
-                writers: writers.into(),
-            },
-            all_written,
-        )
+        let (entries, receiver) = mpsc::channel(capacity);
+        let writer = tokio::spawn(write_batches(pool, receiver));
+        (Self { entries }, writer)
     }
 
     /// Queues the record of a job just queued, which never overwrites what a worker wrote
@@ -124,32 +109,41 @@ impl Recorder {
     }
 
     async fn send(&self, entry: Entry) -> Result<(), RecorderStopped> {
-        let writer = (entry.run.run_id.as_u128() % self.writers.len() as u128) as usize;
-        self.writers[writer]
-            .send(entry)
-            .await
-            .map_err(|_| RecorderStopped)
+        self.entries.send(entry).await.map_err(|_| RecorderStopped)
     }
 }
 
 async fn write_batches(pool: PgPool, mut receiver: mpsc::Receiver<Entry>) {
+    // Held from batch to batch: taking one from the pool for every batch would cost a
+    // round trip more each time (sqlx pings a connection before handing it out).
+    let mut connection = None;
     let mut entries = Vec::with_capacity(MAX_BATCH);
     while receiver.recv_many(&mut entries, MAX_BATCH).await > 0 {
+        if entries.len() < MAX_BATCH {
+            tokio::time::sleep(LINGER).await;
+            let room = MAX_BATCH - entries.len();
+            // Whatever arrived meanwhile; never waits.
+            receiver.recv_many(&mut entries, room).now_or_never();
+        }
         let batch = Batch::merge(entries.drain(..));
         let started = std::time::Instant::now();
         let mut backoff = Duration::from_millis(50);
         loop {
-            match batch.write(&pool).await {
+            match batch.write(&pool, &mut connection).await {
                 Ok(()) => break,
                 Err(err) => {
-                    tracing::error!(error = %err, runs = batch.len(), ?backoff,
+                    tracing::error!(error = %err, runs = batch.runs.len(), ?backoff,
                         "writing the run history failed; retrying");
+                    // The connection may be what broke: the retry takes a fresh one.
+                    if let Some(mut broken) = connection.take() {
+                        broken.close_on_drop();
+                    }
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(5));
                 }
             }
         }
-        tracing::debug!(runs = batch.len(), took = ?started.elapsed(), "run history batch written");
+        tracing::debug!(runs = batch.runs.len(), took = ?started.elapsed(), "run history batch written");
         for committed in batch.committed {
             let _ = committed.send(());
         }
@@ -158,8 +152,7 @@ async fn write_batches(pool: PgPool, mut receiver: mpsc::Receiver<Entry>) {
 
 /// One batch, merged per run.
 struct Batch {
-    inserts: Vec<Run>,
-    upserts: Vec<Run>,
+    runs: Vec<(Run, RunWrite)>,
     attempts: Vec<Attempt>,
     committed: Vec<oneshot::Sender<()>>,
 }
@@ -180,32 +173,24 @@ impl Batch {
                 merged.insert(entry.run.run_id, (entry.run, entry.write));
             }
         }
-        let (mut inserts, mut upserts) = (Vec::new(), Vec::new());
-        for (run, write) in merged.into_values() {
-            match write {
-                RunWrite::InsertIfAbsent => inserts.push(run),
-                RunWrite::Upsert => upserts.push(run),
-            }
-        }
         Self {
-            inserts,
-            upserts,
+            runs: merged.into_values().collect(),
             attempts: attempts.into_values().collect(),
             committed,
         }
     }
 
-    fn len(&self) -> usize {
-        self.inserts.len() + self.upserts.len()
-    }
-
-    /// Writes the batch in one transaction: runs first, then the attempts that refer to
-    /// them.
-    async fn write(&self, pool: &PgPool) -> sqlx::Result<()> {
-        let mut tx = pool.begin().await?;
-        store::write_runs(&mut tx, RunWrite::InsertIfAbsent, &self.inserts).await?;
-        store::write_runs(&mut tx, RunWrite::Upsert, &self.upserts).await?;
-        store::write_attempts(&mut tx, &self.attempts).await?;
-        tx.commit().await
+    /// Writes the batch in one statement over `connection`, taking one from the pool first
+    /// if there is none.
+    async fn write(
+        &self,
+        pool: &PgPool,
+        connection: &mut Option<PoolConnection<Postgres>>,
+    ) -> sqlx::Result<()> {
+        let connection = match connection {
+            Some(held) => held,
+            None => connection.insert(pool.acquire().await?),
+        };
+        store::write_history(connection, &self.runs, &self.attempts).await
     }
 }

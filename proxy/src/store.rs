@@ -188,96 +188,93 @@ pub enum RunWrite {
     Upsert,
 }
 
-/// Writes many run records in one statement.
-pub async fn write_runs(
+/// Writes a batch of the run history in one statement (one round trip, its own
+/// transaction): run records, each inserted or upserted as its [`RunWrite`] says, and
+/// attempt records, which refer to runs of the same batch or older ones. Every run may
+/// appear once. Writing a batch again (retried after an error) changes nothing more.
+pub async fn write_history(
     conn: &mut PgConnection,
-    write: RunWrite,
-    runs: &[Run],
+    runs: &[(Run, RunWrite)],
+    attempts: &[Attempt],
 ) -> sqlx::Result<()> {
-    if runs.is_empty() {
+    if runs.is_empty() && attempts.is_empty() {
         return Ok(());
     }
-    let conflict = match write {
-        RunWrite::InsertIfAbsent => "DO NOTHING",
-        RunWrite::Upsert => {
-            "DO UPDATE SET status = EXCLUDED.status,
+    const COLUMNS: &str = "run_id, binding_id, form_id, submission_id, kind, mode, status,
+        attempts, output, flags, error, created_at, started_at, finished_at";
+    const VALUES: &str = "run_id, binding_id, form_id, submission_id, kind, mode, status,
+        attempts, output::jsonb, flags::jsonb, error, created_at, started_at, finished_at";
+    let sql = format!(
+        "WITH r AS (
+            SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::uuid[], $4::uuid[], $5::text[],
+                $6::text[], $7::text[], $8::int4[], $9::text[], $10::text[], $11::text[],
+                $12::timestamptz[], $13::timestamptz[], $14::timestamptz[], $15::bool[])
+            AS r({COLUMNS}, overwrite)
+         ),
+         inserted AS (
+            INSERT INTO task_runs ({COLUMNS}) SELECT {VALUES} FROM r WHERE NOT overwrite
+            ON CONFLICT (run_id) DO NOTHING
+         ),
+         upserted AS (
+            INSERT INTO task_runs ({COLUMNS}) SELECT {VALUES} FROM r WHERE overwrite
+            ON CONFLICT (run_id) DO UPDATE SET status = EXCLUDED.status,
                 attempts = GREATEST(task_runs.attempts, EXCLUDED.attempts),
                 output = EXCLUDED.output, flags = EXCLUDED.flags, error = EXCLUDED.error,
                 started_at = COALESCE(EXCLUDED.started_at, task_runs.started_at),
-                finished_at = EXCLUDED.finished_at, updated_at = now()"
-        }
-    };
-    let sql = format!(
-        "INSERT INTO task_runs (run_id, binding_id, form_id, submission_id, kind, mode, status,
-            attempts, output, flags, error, created_at, started_at, finished_at)
-         SELECT r.run_id, r.binding_id, r.form_id, r.submission_id, r.kind, r.mode, r.status,
-            r.attempts, r.output::jsonb, r.flags::jsonb, r.error, r.created_at, r.started_at,
-            r.finished_at
-         FROM UNNEST($1::uuid[], $2::uuid[], $3::uuid[], $4::uuid[], $5::text[], $6::text[],
-            $7::text[], $8::int4[], $9::text[], $10::text[], $11::text[], $12::timestamptz[],
-            $13::timestamptz[], $14::timestamptz[])
-            AS r(run_id, binding_id, form_id, submission_id, kind, mode, status, attempts,
-                 output, flags, error, created_at, started_at, finished_at)
-         ON CONFLICT (run_id) {conflict}"
+                finished_at = EXCLUDED.finished_at, updated_at = now()
+         )
+         INSERT INTO task_attempts (run_id, attempt, status, error, started_at, finished_at)
+         SELECT * FROM UNNEST($16::uuid[], $17::int4[], $18::text[], $19::text[],
+            $20::timestamptz[], $21::timestamptz[])
+         ON CONFLICT (run_id, attempt) DO NOTHING"
     );
+    let all = || runs.iter().map(|(run, _)| run);
     sqlx::query(sqlx::AssertSqlSafe(sql))
-        .bind(runs.iter().map(|r| r.run_id).collect::<Vec<_>>())
-        .bind(runs.iter().map(|r| r.binding_id).collect::<Vec<_>>())
-        .bind(runs.iter().map(|r| r.form_id).collect::<Vec<_>>())
-        .bind(runs.iter().map(|r| r.submission_id).collect::<Vec<_>>())
-        .bind(runs.iter().map(|r| r.kind.as_str()).collect::<Vec<_>>())
-        .bind(runs.iter().map(|r| r.mode.as_str()).collect::<Vec<_>>())
-        .bind(runs.iter().map(|r| r.status.as_str()).collect::<Vec<_>>())
-        .bind(runs.iter().map(|r| r.attempts).collect::<Vec<_>>())
+        .bind(all().map(|r| r.run_id).collect::<Vec<_>>())
+        .bind(all().map(|r| r.binding_id).collect::<Vec<_>>())
+        .bind(all().map(|r| r.form_id).collect::<Vec<_>>())
+        .bind(all().map(|r| r.submission_id).collect::<Vec<_>>())
+        .bind(all().map(|r| r.kind.as_str()).collect::<Vec<_>>())
+        .bind(all().map(|r| r.mode.as_str()).collect::<Vec<_>>())
+        .bind(all().map(|r| r.status.as_str()).collect::<Vec<_>>())
+        .bind(all().map(|r| r.attempts).collect::<Vec<_>>())
         .bind(
-            runs.iter()
+            all()
                 .map(|r| r.output.as_ref().map(Value::to_string))
                 .collect::<Vec<_>>(),
         )
         .bind(
-            runs.iter()
+            all()
                 .map(|r| serde_json::to_string(&r.flags).expect("flags serialize"))
                 .collect::<Vec<_>>(),
         )
-        .bind(runs.iter().map(|r| r.error.as_deref()).collect::<Vec<_>>())
-        .bind(runs.iter().map(|r| r.created_at).collect::<Vec<_>>())
-        .bind(runs.iter().map(|r| r.started_at).collect::<Vec<_>>())
-        .bind(runs.iter().map(|r| r.finished_at).collect::<Vec<_>>())
+        .bind(all().map(|r| r.error.as_deref()).collect::<Vec<_>>())
+        .bind(all().map(|r| r.created_at).collect::<Vec<_>>())
+        .bind(all().map(|r| r.started_at).collect::<Vec<_>>())
+        .bind(all().map(|r| r.finished_at).collect::<Vec<_>>())
+        .bind(
+            runs.iter()
+                .map(|(_, write)| *write == RunWrite::Upsert)
+                .collect::<Vec<_>>(),
+        )
+        .bind(attempts.iter().map(|a| a.run_id).collect::<Vec<_>>())
+        .bind(attempts.iter().map(|a| a.attempt).collect::<Vec<_>>())
+        .bind(
+            attempts
+                .iter()
+                .map(|a| a.status.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            attempts
+                .iter()
+                .map(|a| a.error.as_deref())
+                .collect::<Vec<_>>(),
+        )
+        .bind(attempts.iter().map(|a| a.started_at).collect::<Vec<_>>())
+        .bind(attempts.iter().map(|a| a.finished_at).collect::<Vec<_>>())
         .execute(conn)
         .await?;
-    Ok(())
-}
-
-/// Writes many attempt records in one statement. Writing one again (a batch retried after
-/// an error) changes nothing.
-pub async fn write_attempts(conn: &mut PgConnection, attempts: &[Attempt]) -> sqlx::Result<()> {
-    if attempts.is_empty() {
-        return Ok(());
-    }
-    sqlx::query(
-        "INSERT INTO task_attempts (run_id, attempt, status, error, started_at, finished_at)
-         SELECT * FROM UNNEST($1::uuid[], $2::int4[], $3::text[], $4::text[],
-            $5::timestamptz[], $6::timestamptz[])
-         ON CONFLICT (run_id, attempt) DO NOTHING",
-    )
-    .bind(attempts.iter().map(|a| a.run_id).collect::<Vec<_>>())
-    .bind(attempts.iter().map(|a| a.attempt).collect::<Vec<_>>())
-    .bind(
-        attempts
-            .iter()
-            .map(|a| a.status.as_str())
-            .collect::<Vec<_>>(),
-    )
-    .bind(
-        attempts
-            .iter()
-            .map(|a| a.error.as_deref())
-            .collect::<Vec<_>>(),
-    )
-    .bind(attempts.iter().map(|a| a.started_at).collect::<Vec<_>>())
-    .bind(attempts.iter().map(|a| a.finished_at).collect::<Vec<_>>())
-    .execute(conn)
-    .await?;
     Ok(())
 }
 
