@@ -78,6 +78,11 @@ pub async fn run_all(args: &Args) -> anyhow::Result<Report> {
     // deployment chooses with DATABASE_URL's `sslmode`.
     let database_url = format!("{}?sslmode=disable", db.url);
     let broker = TestBroker::create();
+    // Classic queue storage v2, for the floor and postsub alike: what RabbitMQ recommends
+    // from 3.13 on (by policy) and the only storage from 4.0 on.
+    if !broker.set_queue_policy("postsub-bench", r#"{"queue-version":2}"#) {
+        println!("(no queue-version 2 policy: the broker's default classic queue storage is used)");
+    }
     let emulator = SheetsEmulator::start().await;
     let settings = DevSettings::isolated(
         &database_url,

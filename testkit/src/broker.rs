@@ -55,6 +55,23 @@ impl TestBroker {
             }
         }
     }
+
+    /// Applies a policy (a JSON definition, say `{"queue-version":2}`) to every queue of
+    /// this broker's own vhost. False when there is no own vhost or `rabbitmqctl` refused.
+    pub fn set_queue_policy(&self, name: &str, definition: &str) -> bool {
+        self.vhost.as_deref().is_some_and(|vhost| {
+            rabbitmqctl(&[
+                "set_policy",
+                "-p",
+                vhost,
+                name,
+                ".*",
+                definition,
+                "--apply-to",
+                "queues",
+            ])
+        })
+    }
 }
 
 impl Drop for TestBroker {
