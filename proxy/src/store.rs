@@ -3,6 +3,8 @@
 //! Idempotency lives in the SQL (`ON CONFLICT` on the deterministic run id), never in a
 //! read-then-write.
 
+use std::sync::LazyLock;
+
 use chrono::{DateTime, Utc};
 use postsub_tasks::{Flag, Mode};
 use serde_json::Value;
@@ -190,8 +192,8 @@ pub enum RunWrite {
 
 /// Writes a batch of the run history in one statement (one round trip, its own
 /// transaction): run records, each inserted or upserted as its [`RunWrite`] says, and
-/// attempt records, which refer to runs of the same batch or older ones. Every run may
-/// appear once. Writing a batch again (retried after an error) changes nothing more.
+/// attempt records, which refer to runs of the same batch or older ones. A run may appear
+/// only once. Writing a batch again (retried after an error) changes nothing more.
 pub async fn write_history(
     conn: &mut PgConnection,
     runs: &[(Run, RunWrite)],
@@ -200,12 +202,13 @@ pub async fn write_history(
     if runs.is_empty() && attempts.is_empty() {
         return Ok(());
     }
-    const COLUMNS: &str = "run_id, binding_id, form_id, submission_id, kind, mode, status,
+    static SQL: LazyLock<String> = LazyLock::new(|| {
+        const COLUMNS: &str = "run_id, binding_id, form_id, submission_id, kind, mode, status,
         attempts, output, flags, error, created_at, started_at, finished_at";
-    const VALUES: &str = "run_id, binding_id, form_id, submission_id, kind, mode, status,
+        const VALUES: &str = "run_id, binding_id, form_id, submission_id, kind, mode, status,
         attempts, output::jsonb, flags::jsonb, error, created_at, started_at, finished_at";
-    let sql = format!(
-        "WITH r AS (
+        format!(
+            "WITH r AS (
             SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::uuid[], $4::uuid[], $5::text[],
                 $6::text[], $7::text[], $8::int4[], $9::text[], $10::text[], $11::text[],
                 $12::timestamptz[], $13::timestamptz[], $14::timestamptz[], $15::bool[])
@@ -227,9 +230,10 @@ pub async fn write_history(
          SELECT * FROM UNNEST($16::uuid[], $17::int4[], $18::text[], $19::text[],
             $20::timestamptz[], $21::timestamptz[])
          ON CONFLICT (run_id, attempt) DO NOTHING"
-    );
+        )
+    });
     let all = || runs.iter().map(|(run, _)| run);
-    sqlx::query(sqlx::AssertSqlSafe(sql))
+    sqlx::query(sqlx::AssertSqlSafe(SQL.as_str()))
         .bind(all().map(|r| r.run_id).collect::<Vec<_>>())
         .bind(all().map(|r| r.binding_id).collect::<Vec<_>>())
         .bind(all().map(|r| r.form_id).collect::<Vec<_>>())
