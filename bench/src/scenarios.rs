@@ -90,13 +90,14 @@ pub async fn run_all(args: &Args) -> anyhow::Result<Report> {
         &broker.prefix,
         &["--concurrency", "128", "--prefetch", "256"],
     )?;
-    postsub_proxy::db::migrate(&database_url).await?;
+    let backend = settings.backend()?;
+    backend.database.migrate().await?;
     let mut registry = Registry::with_builtins();
     registry.register(GoogleSheets::new(Endpoints {
         sheets_base_url: emulator.sheets_base_url(),
         drive_base_url: emulator.drive_base_url(),
     }));
-    let services = Services::start(&settings.database, &settings.broker, registry).await?;
+    let services = Services::start(&backend, registry).await?;
     let proxy = Proxy::build(&services, &settings.proxy).await?;
     let grpc = format!("http://{}", proxy.grpc_addr());
     let stop = CancellationToken::new();
@@ -125,7 +126,7 @@ pub async fn run_all(args: &Args) -> anyhow::Result<Report> {
     let half_rate = full.throughput() / 2.0;
     settle().await;
     // Like row 4b, row 3b starts with an empty queue.
-    purge(&broker.url, &services.queues.queue_name("webhook")).await?;
+    purge(&broker.url, &format!("{}.webhook", broker.prefix)).await?;
     println!("3b. the same at a fixed {half_rate:.0} req/s, half of row 3's maximum");
     let half = load_process(args, &grpc, full_form, Load::Rate(half_rate)).await?;
     println!("4. publish floor: raw lapin, persistent, confirmed");

@@ -1,4 +1,5 @@
-//! `TaskAdmin`: bindings, task kinds, the run history, and re-queuing dead runs over gRPC.
+//! `TaskAdmin`: bindings, task kinds, the run history, queues, and re-queuing dead runs
+//! over gRPC.
 
 use std::sync::Arc;
 
@@ -12,7 +13,6 @@ use postsub::{
 };
 use postsub_tasks::{Mode, Registry};
 use serde_json::Value;
-use sqlx::PgPool;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
@@ -20,10 +20,10 @@ use crate::{
     bindings::BindingCache,
     ids::{parse_optional_uuid, parse_uuid},
     options::{BindingOptions, DurationOption, OptionError, format_duration},
-    queue::{Publisher, QueueError},
+    queue::{JobQueue, QueueError},
     requeue::{self, RequeueError},
     run::{Attempt, Run, RunStatus, flag_to_proto, mode_from_proto, mode_to_proto},
-    store::{self, Binding, NewBinding, RunFilter},
+    store::{Binding, NewBinding, RunFilter, Store, StoreError},
 };
 
 /// Default and largest page of `ListRuns`.
@@ -33,26 +33,26 @@ const MAX_PAGE: u32 = 1000;
 /// The `TaskAdmin` service.
 #[derive(Clone)]
 pub struct Admin {
-    pool: PgPool,
+    store: Arc<dyn Store>,
     registry: Registry,
     cache: BindingCache,
     /// Re-queues dead runs.
-    publisher: Arc<Publisher>,
+    queue: Arc<dyn JobQueue>,
 }
 
 impl Admin {
-    /// The service over the proxy's database, registry, binding cache and publisher.
+    /// The service over the proxy's store, registry, binding cache and queue.
     pub fn new(
-        pool: PgPool,
+        store: Arc<dyn Store>,
         registry: Registry,
         cache: BindingCache,
-        publisher: Arc<Publisher>,
+        queue: Arc<dyn JobQueue>,
     ) -> Self {
         Self {
-            pool,
+            store,
             registry,
             cache,
-            publisher,
+            queue,
         }
     }
 
@@ -73,7 +73,9 @@ impl Admin {
 
     /// `run` with its attempt history, as `GetRun` shows it.
     async fn run_with_attempts(&self, run: Run) -> Result<Response<pb::Run>, Status> {
-        let attempts = store::run_attempts(&self.pool, &run)
+        let attempts = self
+            .store
+            .run_attempts(&run)
             .await
             .map_err(database_error)?;
         Ok(Response::new(run_to_proto(run, attempts)))
@@ -200,10 +202,8 @@ fn run_to_proto(run: Run, attempts: Vec<Attempt>) -> pb::Run {
 }
 
 /// Maps a database error to a status; the details go to the log, not to the caller.
-fn database_error(err: sqlx::Error) -> Status {
-    if let Some(db) = err.as_database_error()
-        && db.is_unique_violation()
-    {
+fn database_error(err: StoreError) -> Status {
+    if err.is_unique_violation() {
         return Status::already_exists("this form already has a binding of that name");
     }
     tracing::error!(error = %err, "database error in the admin API");
@@ -219,12 +219,12 @@ fn requeue_error(err: RequeueError) -> Status {
         RequeueError::NotFound(id) => not_found("run", id),
         RequeueError::NotRetryable(reason) => Status::failed_precondition(reason),
         RequeueError::Queue(err) => queue_error(err),
-        RequeueError::Database(err) => database_error(err),
+        RequeueError::Store(err) => database_error(err),
     }
 }
 
 fn queue_error(err: QueueError) -> Status {
-    tracing::error!(error = %err, "RabbitMQ error in the admin API");
+    tracing::error!(error = %err, "queue error in the admin API");
     Status::unavailable(format!("{err}; try again"))
 }
 
@@ -262,9 +262,9 @@ impl TaskAdmin for Admin {
         self.check(&request.kind, mode, &config)?;
         let mut options = BindingOptions::default();
         apply_options(&mut options, request.options)?;
-        let binding = store::insert_binding(
-            &self.pool,
-            NewBinding {
+        let binding = self
+            .store
+            .insert_binding(NewBinding {
                 form_id,
                 name,
                 kind: request.kind,
@@ -272,10 +272,9 @@ impl TaskAdmin for Admin {
                 config,
                 enabled: request.enabled.unwrap_or(true),
                 options,
-            },
-        )
-        .await
-        .map_err(database_error)?;
+            })
+            .await
+            .map_err(database_error)?;
         tracing::info!(binding_id = %binding.id, form_id = %binding.form_id, kind = %binding.kind, "binding created");
         self.refresh().await;
         Ok(Response::new(binding_to_proto(&self.registry, binding)))
@@ -286,7 +285,9 @@ impl TaskAdmin for Admin {
         request: Request<pb::GetBindingRequest>,
     ) -> Result<Response<pb::Binding>, Status> {
         let id = parse_uuid("id", &request.into_inner().id)?;
-        let binding = store::get_binding(&self.pool, id)
+        let binding = self
+            .store
+            .get_binding(id)
             .await
             .map_err(database_error)?
             .ok_or_else(|| not_found("binding", id))?;
@@ -298,8 +299,8 @@ impl TaskAdmin for Admin {
         request: Request<pb::ListBindingsRequest>,
     ) -> Result<Response<pb::ListBindingsResponse>, Status> {
         let bindings = match parse_optional_uuid("form_id", &request.into_inner().form_id)? {
-            Some(form_id) => store::form_bindings(&self.pool, form_id).await,
-            None => store::all_bindings(&self.pool).await,
+            Some(form_id) => self.store.form_bindings(form_id).await,
+            None => self.store.all_bindings().await,
         }
         .map_err(database_error)?;
         Ok(Response::new(pb::ListBindingsResponse {
@@ -316,7 +317,9 @@ impl TaskAdmin for Admin {
     ) -> Result<Response<pb::Binding>, Status> {
         let request = request.into_inner();
         let id = parse_uuid("id", &request.id)?;
-        let mut binding = store::get_binding(&self.pool, id)
+        let mut binding = self
+            .store
+            .get_binding(id)
             .await
             .map_err(database_error)?
             .ok_or_else(|| not_found("binding", id))?;
@@ -338,7 +341,9 @@ impl TaskAdmin for Admin {
         }
         apply_options(&mut binding.options, request.options)?;
         self.check(&binding.kind, binding.mode, &binding.config)?;
-        let binding = store::update_binding(&self.pool, &binding)
+        let binding = self
+            .store
+            .update_binding(&binding)
             .await
             .map_err(database_error)?
             .ok_or_else(|| not_found("binding", id))?;
@@ -351,7 +356,9 @@ impl TaskAdmin for Admin {
         request: Request<pb::DeleteBindingRequest>,
     ) -> Result<Response<()>, Status> {
         let id = parse_uuid("id", &request.into_inner().id)?;
-        if !store::delete_binding(&self.pool, id)
+        if !self
+            .store
+            .delete_binding(id)
             .await
             .map_err(database_error)?
         {
@@ -406,7 +413,9 @@ impl TaskAdmin for Admin {
             n => n.min(MAX_PAGE),
         };
         // One extra row tells whether another page follows.
-        let mut runs = store::list_runs(&self.pool, &filter, i64::from(page_size) + 1)
+        let mut runs = self
+            .store
+            .list_runs(&filter, i64::from(page_size) + 1)
             .await
             .map_err(database_error)?;
         let next_page_token = if runs.len() > page_size as usize {
@@ -429,7 +438,9 @@ impl TaskAdmin for Admin {
         request: Request<pb::GetRunRequest>,
     ) -> Result<Response<pb::Run>, Status> {
         let run_id = parse_uuid("run_id", &request.into_inner().run_id)?;
-        let run = store::get_run(&self.pool, run_id)
+        let run = self
+            .store
+            .get_run(run_id)
             .await
             .map_err(database_error)?
             .ok_or_else(|| not_found("run", run_id))?;
@@ -441,7 +452,7 @@ impl TaskAdmin for Admin {
         request: Request<pb::RetryRunRequest>,
     ) -> Result<Response<pb::Run>, Status> {
         let run_id = parse_uuid("run_id", &request.into_inner().run_id)?;
-        let run = requeue::retry_run(&self.pool, &self.publisher, run_id)
+        let run = requeue::retry_run(self.store.as_ref(), self.queue.as_ref(), run_id)
             .await
             .map_err(requeue_error)?;
         self.run_with_attempts(run).await
@@ -463,9 +474,35 @@ impl TaskAdmin for Admin {
                 request.kind
             )));
         };
-        let replayed = requeue::replay_dead_letters(&self.pool, &self.publisher, &kinds, form_id)
-            .await
-            .map_err(requeue_error)?;
+        let replayed =
+            requeue::replay_dead_letters(self.store.as_ref(), self.queue.as_ref(), &kinds, form_id)
+                .await
+                .map_err(requeue_error)?;
         Ok(Response::new(pb::ReplayDeadLettersResponse { replayed }))
+    }
+
+    async fn list_queues(
+        &self,
+        _request: Request<pb::ListQueuesRequest>,
+    ) -> Result<Response<pb::ListQueuesResponse>, Status> {
+        let queues = self
+            .queue
+            .stats()
+            .await
+            .map_err(queue_error)?
+            .into_iter()
+            .map(|stats| pb::QueueStats {
+                kind: stats.kind,
+                ready: stats.ready,
+                in_flight: stats.in_flight,
+                waiting: stats.waiting,
+                dead: stats.dead,
+                consumers: stats.consumers,
+                oldest_ready_ms: stats
+                    .oldest_ready
+                    .map(|age| u64::try_from(age.as_millis()).unwrap_or(u64::MAX)),
+            })
+            .collect();
+        Ok(Response::new(pb::ListQueuesResponse { queues }))
     }
 }

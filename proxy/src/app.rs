@@ -9,23 +9,21 @@ use postsub::pb::{
     FILE_DESCRIPTOR_SET, post_submission_server::PostSubmissionServer,
     task_admin_server::TaskAdminServer,
 };
-use postsub_tasks::{Registry, TaskState};
+use postsub_tasks::Registry;
 use serde_json::json;
-use sqlx::PgPool;
 use tokio::{net::TcpListener, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
 use tonic::transport::server::TcpIncoming;
 
 use crate::{
     admin::Admin,
+    backend::Backend,
     bindings::BindingCache,
-    db,
     dispatch::{DispatchLimits, Dispatcher},
-    outbox::Outbox,
-    queue::{Publisher, QueueSettings},
-    recorder::Recorder,
-    settings::{BrokerSettings, DatabaseSettings, DevSettings, ProxySettings, WorkerSettings},
-    state::PgTaskState,
+    queue::JobQueue,
+    recorder::{Recorder, RecorderTask},
+    settings::{DevSettings, ProxySettings, WorkerSettings},
+    store::Store,
     worker::{Worker, WorkerLimits},
 };
 
@@ -34,72 +32,59 @@ const RECORDER_CAPACITY: usize = 10_000;
 /// How long shutdown waits for the recorder to write what it holds.
 const RECORDER_FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// What the proxy and the worker share: database, task kinds, binding cache, recorder.
+/// What the proxy and the worker share: store, job queue, task kinds, binding cache,
+/// recorder.
 pub struct Services {
-    /// The proxy's database.
-    pub pool: PgPool,
+    /// The store.
+    pub store: Arc<dyn Store>,
+    /// The job queue.
+    pub queue: Arc<dyn JobQueue>,
     /// Task kinds.
     pub registry: Registry,
     /// Bindings in memory, kept fresh until shutdown.
     pub cache: BindingCache,
     /// The batching run-history writer.
     pub recorder: Recorder,
-    /// Queue names and broker URL.
-    pub queues: QueueSettings,
-    /// The tasks' durable per-binding state.
-    pub state: Arc<dyn TaskState>,
-    recorder_task: JoinHandle<()>,
+    recorder_task: RecorderTask,
     follower: JoinHandle<()>,
     stop_following: CancellationToken,
 }
 
 impl Services {
-    /// Connects to an already migrated database and starts the cache and the recorder.
-    pub async fn start(
-        database: &DatabaseSettings,
-        broker: &BrokerSettings,
-        registry: Registry,
-    ) -> anyhow::Result<Self> {
+    /// Opens the backend (its database already migrated) and starts the cache and the
+    /// recorder.
+    pub async fn start(backend: &Backend, registry: Registry) -> anyhow::Result<Self> {
         crate::telemetry::prometheus();
-        let pool = db::connect_migrated(&database.database_url).await?;
-        let cache = BindingCache::load(pool.clone(), registry.clone())
+        let kinds = registry.kinds().map(|k| k.kind().to_owned()).collect();
+        let opened = backend.open(kinds, RECORDER_CAPACITY).await?;
+        let cache = BindingCache::load(opened.store.clone(), registry.clone())
             .await
             .context("loading bindings")?;
         let stop_following = CancellationToken::new();
         let follower = tokio::spawn(cache.clone().follow_changes(stop_following.clone()));
-        let (recorder, recorder_task) = Recorder::start(pool.clone(), RECORDER_CAPACITY);
-        let queues = QueueSettings {
-            url: broker.amqp_url.clone(),
-            prefix: broker.queue_prefix.clone(),
-            kinds: registry.kinds().map(|k| k.kind().to_owned()).collect(),
-            quorum: broker.quorum_queues,
-        };
         Ok(Self {
-            state: Arc::new(PgTaskState::new(pool.clone())),
-            pool,
+            store: opened.store,
+            queue: opened.queue,
             registry,
             cache,
-            recorder,
-            queues,
-            recorder_task,
+            recorder: opened.recorder,
+            recorder_task: opened.recorder_task,
             follower,
             stop_following,
         })
     }
 
-    /// Writes what the recorder holds and stops the background tasks. Call after the proxy
-    /// and worker stopped (they hold recorder handles too).
+    /// Writes what the recorder holds and closes the queue and the store. Call after the
+    /// proxy and worker stopped.
     pub async fn stop(self) {
         self.stop_following.cancel();
         let _ = self.follower.await;
         drop(self.recorder);
-        if tokio::time::timeout(RECORDER_FLUSH_TIMEOUT, self.recorder_task)
-            .await
-            .is_err()
-        {
+        if !self.recorder_task.finish(RECORDER_FLUSH_TIMEOUT).await {
             tracing::error!("the run recorder did not finish writing in time");
         }
-        self.pool.close().await;
+        self.queue.close().await;
+        self.store.close().await;
     }
 
     /// A worker over these services.
@@ -111,11 +96,11 @@ impl Services {
             .transpose()
             .context("--expiry-webhook is not a URL")?;
         Ok(Worker::new(
-            self.queues.clone(),
-            self.pool.clone(),
+            self.queue.clone(),
+            self.store.clone(),
             self.cache.clone(),
             self.recorder.clone(),
-            self.state.clone(),
+            self.store.clone(),
             WorkerLimits {
                 prefetch: settings.prefetch,
                 concurrency: settings.concurrency,
@@ -136,7 +121,7 @@ impl Services {
         let listener = TcpListener::bind(addr)
             .await
             .with_context(|| format!("cannot listen on {addr} (worker HTTP)"))?;
-        let routes = health_routes(self.pool.clone());
+        let routes = health_routes(self.store.clone());
         Ok(tokio::spawn(async move {
             let _ = axum::serve(listener, routes)
                 .with_graceful_shutdown(shutdown.cancelled_owned())
@@ -151,21 +136,19 @@ pub struct Proxy {
     http: TcpListener,
     dispatcher: Dispatcher,
     admin: Admin,
-    publisher: Arc<Publisher>,
-    outbox: Outbox,
-    pool: PgPool,
+    queue: Arc<dyn JobQueue>,
+    store: Arc<dyn Store>,
     max_answers_bytes: usize,
 }
 
 impl Proxy {
-    /// Binds both listeners and connects to RabbitMQ, if it answers.
+    /// Binds both listeners and connects to the queue, if it answers.
     pub async fn build(services: &Services, settings: &ProxySettings) -> anyhow::Result<Self> {
-        let publisher = Arc::new(Publisher::new(services.queues.clone()));
-        // RabbitMQ away at start-up is an outage like any other: `Process` keeps jobs in the
+        // A queue away at start-up is an outage like any other: RabbitMQ's jobs wait in the
         // outbox and the relay publishes them once the broker answers.
-        if let Err(err) = publisher.connect().await {
+        if let Err(err) = services.queue.connect().await {
             tracing::warn!(error = %err,
-                "RabbitMQ is not answering (AMQP_URL); jobs go to the outbox until it does");
+                "the job queue is not answering; jobs are kept until it does");
         }
         let grpc = TcpListener::bind(settings.grpc_addr)
             .await
@@ -173,32 +156,29 @@ impl Proxy {
         let http = TcpListener::bind(settings.http_addr)
             .await
             .with_context(|| format!("cannot listen on {} (HTTP)", settings.http_addr))?;
-        let outbox = Outbox::new(services.pool.clone());
         let dispatcher = Dispatcher::new(
             services.cache.clone(),
-            publisher.clone(),
+            services.queue.clone(),
             services.recorder.clone(),
-            services.state.clone(),
-            outbox.clone(),
+            services.store.clone(),
             DispatchLimits {
                 max_answers_bytes: settings.max_answers_bytes,
                 sync_timeout: settings.sync_timeout,
             },
         );
         let admin = Admin::new(
-            services.pool.clone(),
+            services.store.clone(),
             services.registry.clone(),
             services.cache.clone(),
-            publisher.clone(),
+            services.queue.clone(),
         );
         Ok(Self {
             grpc,
             http,
             dispatcher,
             admin,
-            publisher,
-            outbox,
-            pool: services.pool.clone(),
+            queue: services.queue.clone(),
+            store: services.store.clone(),
             max_answers_bytes: settings.max_answers_bytes,
         })
     }
@@ -245,14 +225,13 @@ impl Proxy {
                 TcpIncoming::from(self.grpc).with_nodelay(Some(true)),
                 shutdown.clone().cancelled_owned(),
             );
-        let http = axum::serve(self.http, health_routes(self.pool))
+        let http = axum::serve(self.http, health_routes(self.store))
             .with_graceful_shutdown(shutdown.clone().cancelled_owned());
         // The relay stops with the servers; what it has not published stays in the outbox
         // for the next proxy to start.
-        let relay = self.outbox.relay(self.publisher.clone(), shutdown.clone());
+        let relay = self.queue.relay(shutdown.clone());
         tracing::info!("postsub proxy serving");
         let (grpc, http, ()) = tokio::join!(grpc, http, relay);
-        self.publisher.close().await;
         grpc.context("gRPC server failed")?;
         http.context("HTTP server failed")?;
         Ok(())
@@ -274,8 +253,9 @@ impl DevStack {
         registry: Registry,
         shutdown: CancellationToken,
     ) -> anyhow::Result<Self> {
-        db::migrate(&settings.database.database_url).await?;
-        let services = Services::start(&settings.database, &settings.broker, registry).await?;
+        let backend = settings.backend()?;
+        backend.database.migrate().await?;
+        let services = Services::start(&backend, registry).await?;
         let proxy = Proxy::build(&services, &settings.proxy).await?;
         let (grpc_addr, http_addr) = (proxy.grpc_addr(), proxy.http_addr());
         let worker = services.worker(&settings.worker)?;
@@ -317,7 +297,7 @@ impl DevStack {
     }
 }
 
-fn health_routes(pool: PgPool) -> Router {
+fn health_routes(store: Arc<dyn Store>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(ready))
@@ -325,12 +305,12 @@ fn health_routes(pool: PgPool) -> Router {
             "/metrics",
             get(|| async { crate::telemetry::prometheus().render() }),
         )
-        .with_state(pool)
+        .with_state(store)
 }
 
 /// Ready when the database answers (RabbitMQ outages are survived per call).
-async fn ready(State(pool): State<PgPool>) -> (StatusCode, Json<serde_json::Value>) {
-    match sqlx::query("SELECT 1").execute(&pool).await {
+async fn ready(State(store): State<Arc<dyn Store>>) -> (StatusCode, Json<serde_json::Value>) {
+    match store.ping().await {
         Ok(_) => (StatusCode::OK, Json(json!({"status": "ready"}))),
         Err(err) => (
             StatusCode::SERVICE_UNAVAILABLE,

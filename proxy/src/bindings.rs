@@ -2,22 +2,19 @@
 //! the database.
 //!
 //! A snapshot of all bindings, with each config already prepared by its task kind (rules
-//! compiled, clients built), is swapped in atomically. It is rebuilt when PostgreSQL
-//! announces a change (`LISTEN postsub_bindings`, sent by a trigger on the table) and after
-//! every reconnect of that listener, so a missed notification costs at most one reconnect.
+//! compiled, clients built), is swapped in atomically. It is rebuilt when the store's change
+//! feed announces a change made by any process (PostgreSQL: `LISTEN`, SQLite: a polled
+//! version counter) and after every reconnect of that feed, so a missed notification costs
+//! at most one reconnect.
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use arc_swap::ArcSwap;
 use postsub_tasks::{PreparedTask, Registry};
-use sqlx::{PgPool, postgres::PgListener};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::store::{self, Binding};
-
-/// The channel the `bindings_changed` trigger notifies.
-const CHANNEL: &str = "postsub_bindings";
+use crate::store::{Binding, Store, StoreResult};
 
 /// A binding with its task ready to run.
 pub struct LiveBinding {
@@ -40,16 +37,16 @@ struct Snapshot {
 pub struct BindingCache {
     snapshot: Arc<ArcSwap<Snapshot>>,
     registry: Registry,
-    pool: PgPool,
+    store: Arc<dyn Store>,
 }
 
 impl BindingCache {
     /// Loads every binding once.
-    pub async fn load(pool: PgPool, registry: Registry) -> sqlx::Result<Self> {
+    pub async fn load(store: Arc<dyn Store>, registry: Registry) -> StoreResult<Self> {
         let cache = Self {
             snapshot: Arc::default(),
             registry,
-            pool,
+            store,
         };
         cache.reload().await?;
         Ok(cache)
@@ -66,8 +63,8 @@ impl BindingCache {
     }
 
     /// Reads all bindings from the database and swaps them in.
-    pub async fn reload(&self) -> sqlx::Result<()> {
-        let bindings = store::all_bindings(&self.pool).await?;
+    pub async fn reload(&self) -> StoreResult<()> {
+        let bindings = self.store.all_bindings().await?;
         let mut snapshot = Snapshot::default();
         let mut by_form: HashMap<Uuid, Vec<Arc<LiveBinding>>> = HashMap::new();
         for binding in bindings {
@@ -115,22 +112,15 @@ impl BindingCache {
         }
     }
 
-    async fn listen(&self, shutdown: &CancellationToken) -> sqlx::Result<()> {
-        let mut listener = PgListener::connect_with(&self.pool).await?;
-        listener.listen(CHANNEL).await?;
+    async fn listen(&self, shutdown: &CancellationToken) -> StoreResult<()> {
+        let mut feed = self.store.binding_changes().await?;
         // Changes made while nobody listened.
         self.reload().await?;
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => return Ok(()),
-                notification = listener.try_recv() => {
-                    match notification? {
-                        // One reload covers every change queued so far.
-                        Some(_) => while listener.next_buffered().is_some() {},
-                        // The connection dropped; the listener reconnects on the next call,
-                        // and notifications sent meanwhile are lost: reload.
-                        None => tracing::info!("binding change listener reconnecting"),
-                    }
+                changed = feed.changed() => {
+                    changed?;
                     self.reload().await?;
                 }
             }

@@ -8,8 +8,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     app::{DevStack, Proxy, Services},
+    backend::{Backend, Database, SERVER_DATABASE},
     client::{self, BindingsCommand, DlqCommand, RunsCommand},
-    db,
     settings::{BrokerSettings, DatabaseSettings, DevSettings, ProxySettings, WorkerSettings},
 };
 
@@ -23,13 +23,14 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Create the database if missing and apply migrations.
+    /// Create the database (or SQLite file) if missing and apply migrations.
     Migrate(DatabaseSettings),
     /// Run the gRPC proxy.
     Serve(ServeArgs),
     /// Run a worker.
     Worker(WorkerArgs),
-    /// Migrate, then run the proxy and a worker in one process (for a first run).
+    /// Migrate, then run the proxy and a worker in one process (for a first run: on the
+    /// embedded backend in .postsub/postsub.db unless DATABASE_URL names another).
     Dev(DevSettings),
     /// Manage bindings of tasks to forms.
     #[command(subcommand)]
@@ -42,6 +43,8 @@ enum Command {
     /// Work with the dead-letter queues.
     #[command(subcommand)]
     Dlq(DlqCommand),
+    /// What the job queue holds, per task kind.
+    Queues(client::QueuesArgs),
 }
 
 #[derive(Debug, Args)]
@@ -69,11 +72,15 @@ pub async fn main() -> ExitCode {
     let cli = Cli::parse();
     let server = !matches!(
         cli.command,
-        Command::Bindings(_) | Command::Kinds(_) | Command::Runs(_) | Command::Dlq(_)
+        Command::Bindings(_)
+            | Command::Kinds(_)
+            | Command::Runs(_)
+            | Command::Dlq(_)
+            | Command::Queues(_)
     );
     init_tracing(if server { "info" } else { "warn" });
     let result = match cli.command {
-        Command::Migrate(database) => db::migrate(&database.database_url).await,
+        Command::Migrate(database) => migrate(database).await,
         Command::Serve(args) => serve(args).await,
         Command::Worker(args) => worker(args).await,
         Command::Dev(args) => dev(args).await,
@@ -81,6 +88,7 @@ pub async fn main() -> ExitCode {
         Command::Kinds(server) => client::kinds(server).await,
         Command::Runs(command) => client::runs(command).await,
         Command::Dlq(command) => client::dlq(command).await,
+        Command::Queues(args) => client::queues(args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -100,8 +108,23 @@ fn init_tracing(default: &str) {
         .init();
 }
 
+async fn migrate(settings: DatabaseSettings) -> anyhow::Result<()> {
+    let database = Database::from_settings(&settings, SERVER_DATABASE)?;
+    database.migrate().await?;
+    tracing::info!("migrated {}", database.describe());
+    Ok(())
+}
+
+/// The backend of `serve` and `worker`, announced.
+fn server_backend(database: &DatabaseSettings, broker: &BrokerSettings) -> anyhow::Result<Backend> {
+    let backend = Backend::choose(database, broker, SERVER_DATABASE)?;
+    tracing::info!("backend: {}", backend.describe());
+    Ok(backend)
+}
+
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let services = Services::start(&args.database, &args.broker, Registry::with_builtins()).await?;
+    let backend = server_backend(&args.database, &args.broker)?;
+    let services = Services::start(&backend, Registry::with_builtins()).await?;
     let proxy = Proxy::build(&services, &args.proxy).await?;
     announce(&proxy);
     proxy.run(shutdown_signal()).await?;
@@ -110,7 +133,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 }
 
 async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
-    let services = Services::start(&args.database, &args.broker, Registry::with_builtins()).await?;
+    let backend = server_backend(&args.database, &args.broker)?;
+    let services = Services::start(&backend, Registry::with_builtins()).await?;
     let worker = services.worker(&args.worker)?;
     let shutdown = shutdown_signal();
     let http = services
@@ -124,6 +148,7 @@ async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
 }
 
 async fn dev(settings: DevSettings) -> anyhow::Result<()> {
+    tracing::info!("backend: {}", settings.backend()?.describe());
     let stack = DevStack::start(&settings, Registry::with_builtins(), shutdown_signal()).await?;
     tracing::info!(grpc = %stack.grpc_addr(), http = %stack.http_addr(), "listening");
     stack.wait().await

@@ -194,6 +194,16 @@ pub enum DlqCommand {
     },
 }
 
+/// `postsub queues`
+#[derive(Debug, Clone, Args)]
+pub struct QueuesArgs {
+    #[command(flatten)]
+    server: ServerArgs,
+    /// Print a JSON array instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
 async fn connect(server: &ServerArgs) -> anyhow::Result<TaskAdminClient<Channel>> {
     TaskAdminClient::connect(server.server.clone())
         .await
@@ -500,6 +510,51 @@ pub async fn dlq(command: DlqCommand) -> anyhow::Result<()> {
                 .replayed;
             print_json(&json!({ "replayed": replayed }));
         }
+    }
+    Ok(())
+}
+
+/// Runs `postsub queues`: per task kind, the jobs ready, held by workers, waiting for a
+/// retry or a delay, and dead (`-` where the queue cannot tell).
+pub async fn queues(args: QueuesArgs) -> anyhow::Result<()> {
+    let queues = connect(&args.server)
+        .await?
+        .list_queues(pb::ListQueuesRequest {})
+        .await
+        .map_err(status_error)?
+        .into_inner()
+        .queues;
+    if args.json {
+        let rows: Vec<Value> = queues
+            .into_iter()
+            .map(|q| {
+                json!({"kind": q.kind, "ready": q.ready, "in_flight": q.in_flight,
+                       "waiting": q.waiting, "dead": q.dead, "consumers": q.consumers,
+                       "oldest_ready_ms": q.oldest_ready_ms})
+            })
+            .collect();
+        print_json(&Value::from(rows));
+        return Ok(());
+    }
+    let known = |n: Option<u64>| n.map_or_else(|| "-".to_owned(), |n| n.to_string());
+    println!(
+        "{:<16}  {:>8}  {:>9}  {:>8}  {:>8}  {:>9}  OLDEST_READY",
+        "KIND", "READY", "IN_FLIGHT", "WAITING", "DEAD", "CONSUMERS"
+    );
+    for q in queues {
+        let oldest = q.oldest_ready_ms.map_or_else(
+            || "-".to_owned(),
+            |ms| humantime::format_duration(std::time::Duration::from_millis(ms)).to_string(),
+        );
+        println!(
+            "{:<16}  {:>8}  {:>9}  {:>8}  {:>8}  {:>9}  {oldest}",
+            q.kind,
+            q.ready,
+            known(q.in_flight),
+            known(q.waiting),
+            q.dead,
+            known(q.consumers),
+        );
     }
     Ok(())
 }

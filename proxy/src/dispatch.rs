@@ -1,9 +1,10 @@
 //! `PostSubmission.Process`: runs a form's sync bindings inline and queues its async ones.
 //!
 //! The hot path reads bindings from the [`BindingCache`] (no database round trip), runs the
-//! sync tasks concurrently, each under its own timeout and isolated from panics, publishes
-//! the async jobs concurrently with publisher confirms, and hands every run to the batching
-//! [`Recorder`] without waiting for the write.
+//! sync tasks concurrently, each under its own timeout and isolated from panics, and
+//! meanwhile hands the async jobs to the [`JobQueue`], which answers once they are durable
+//! (and records their runs). Sync runs go to the batching [`Recorder`] without waiting for
+//! the write.
 
 use std::{sync::Arc, time::Duration};
 
@@ -23,8 +24,7 @@ use crate::{
     ids::parse_uuid,
     job::Job,
     options::DurationOption,
-    outbox::Outbox,
-    queue::Publisher,
+    queue::{JobQueue, NewJob},
     recorder::{Recorder, RecorderStopped},
     run::{Attempt, Run, RunStatus, flag_to_proto},
 };
@@ -42,10 +42,9 @@ pub struct DispatchLimits {
 #[derive(Clone)]
 pub struct Dispatcher {
     cache: BindingCache,
-    publisher: Arc<Publisher>,
+    queue: Arc<dyn JobQueue>,
     recorder: Recorder,
     state: Arc<dyn TaskState>,
-    outbox: Outbox,
     limits: DispatchLimits,
 }
 
@@ -53,16 +52,14 @@ impl Dispatcher {
     /// A dispatcher over shared parts.
     pub fn new(
         cache: BindingCache,
-        publisher: Arc<Publisher>,
+        queue: Arc<dyn JobQueue>,
         recorder: Recorder,
         state: Arc<dyn TaskState>,
-        outbox: Outbox,
         limits: DispatchLimits,
     ) -> Self {
         Self {
-            outbox,
             cache,
-            publisher,
+            queue,
             recorder,
             state,
             limits,
@@ -145,11 +142,8 @@ impl Dispatcher {
         result
     }
 
-    async fn queue(
-        &self,
-        live: &LiveBinding,
-        submission: &Submission,
-    ) -> Result<pb::QueuedJob, Status> {
+    /// The job of an async binding, with its run and when it may start.
+    fn job(live: &LiveBinding, submission: &Submission) -> (NewJob, pb::QueuedJob) {
         let binding = &live.binding;
         let run = Run::queued(
             binding.id,
@@ -166,43 +160,37 @@ impl Dispatcher {
             submission: submission.clone(),
             attempts_before: 0,
         };
-        // A `delay` makes the job wait in a delay queue until that long after the submission.
-        let release_at = live
-            .binding
+        // A `delay` makes the job wait until that long after the submission.
+        let release_at = binding
             .options
             .duration(DurationOption::Delay)
             .and_then(|delay| TimeDelta::from_std(delay).ok())
             .map(|delay| submission.submitted_at + delay)
             .filter(|at| *at > Utc::now());
-        let published = match release_at.and_then(|at| (at - Utc::now()).to_std().ok()) {
-            Some(wait) => self.publisher.publish_delayed(&job, wait).await,
-            None => self.publisher.publish(&job).await,
-        };
-        if let Err(err) = published {
-            // RabbitMQ is away: keep the job in PostgreSQL for the relay.
-            self.outbox.keep(&job, release_at).await.map_err(|db| {
-                tracing::error!(error = %err, database = %db, run_id = %job.run_id,
-                    "neither RabbitMQ nor the outbox took a job");
-                Status::unavailable(format!(
-                    "could not queue task `{}`: {err}; the outbox is unavailable too: {db}",
-                    binding.name
-                ))
-            })?;
-            tracing::warn!(error = %err, run_id = %job.run_id, "RabbitMQ unavailable; job kept in the outbox");
-            metrics::counter!("postsub_jobs_kept_total", "kind" => binding.kind.clone())
-                .increment(1);
-        } else {
-            metrics::counter!("postsub_jobs_queued_total", "kind" => binding.kind.clone())
-                .increment(1);
-        }
         let queued = pb::QueuedJob {
             run_id: job.run_id.to_string(),
             binding_id: binding.id.to_string(),
             name: binding.name.clone(),
             kind: binding.kind.clone(),
         };
-        warn_if_stopped(self.recorder.record_queued(run).await);
-        Ok(queued)
+        (
+            NewJob {
+                job,
+                run,
+                release_at,
+            },
+            queued,
+        )
+    }
+
+    async fn enqueue(&self, jobs: Vec<NewJob>) -> Result<(), Status> {
+        if jobs.is_empty() {
+            return Ok(());
+        }
+        self.queue.enqueue(jobs).await.map_err(|err| {
+            tracing::error!(error = %err, "could not queue a submission's async tasks");
+            Status::unavailable(format!("could not queue the async tasks: {err}"))
+        })
     }
 }
 
@@ -228,12 +216,13 @@ impl PostSubmission for Dispatcher {
             .iter()
             .filter(|live| live.binding.mode == Mode::Sync)
             .map(|live| self.run_sync(live, &submission));
-        let queued = bindings
+        let (new_jobs, jobs): (Vec<_>, Vec<_>) = bindings
             .iter()
             .filter(|live| live.binding.mode == Mode::Async)
-            .map(|live| self.queue(live, &submission));
-        let (sync_results, jobs) = tokio::join!(join_all(sync), join_all(queued));
-        let jobs = jobs.into_iter().collect::<Result<Vec<_>, Status>>()?;
+            .map(|live| Self::job(live, &submission))
+            .unzip();
+        let (sync_results, queued) = tokio::join!(join_all(sync), self.enqueue(new_jobs));
+        queued?;
         Ok(Response::new(pb::ProcessResponse { sync_results, jobs }))
     }
 }

@@ -8,12 +8,18 @@
 //! - [`dispatch`]: `Process`: sync tasks inline, async tasks to the queue.
 //! - [`worker`]: consumes jobs, runs them, retries or dead-letters them; [`execute`]:
 //!   running one task once, shared by both.
-//! - [`bindings`]: the in-memory binding cache, kept fresh by LISTEN/NOTIFY.
-//! - [`queue`]: RabbitMQ topology, confirmed publishing, consuming, delay and dead-letter
-//!   queues; [`job`]: the message.
-//! - [`recorder`]: the batching run-history writer; [`run`]: runs, their ids and attempts.
-//! - [`store`]: PostgreSQL queries; [`db`]: connecting and migrating; [`state`]: the
-//!   tasks' durable per-binding state.
+//! - [`bindings`]: the in-memory binding cache, kept fresh by the store's change feed.
+//! - [`recorder`]: the batching run-history writer; [`run`]: runs, their ids and attempts;
+//!   [`job`]: the job message.
+//!
+//! The two seams, and the backends below them (chosen by the database URL in [`backend`]):
+//! - [`store`]: the [`store::Store`] trait (bindings and their change feed, run history,
+//!   claims, the jobs stored with runs, task state); [`store::postgres`] and
+//!   [`store::sqlite`] (one file, one group-commit writer).
+//! - [`queue`]: the [`queue::JobQueue`] trait (enqueue durably, consume with a prefetch
+//!   bound, ack, retry later, dead-letter, replay, per-kind counts);
+//!   [`queue::rabbitmq`] (topology, confirms, delay and dead-letter queues, the outbox for
+//!   broker outages) and [`queue::embedded`] (a lease queue in the SQLite file).
 //! - [`options`]: binding options (retry policy, timeout, delay, expiry), parsed at the edge.
 //! - [`admin`]: the `TaskAdmin` gRPC API; [`requeue`]: putting dead runs back to work
 //!   (`RetryRun`, `ReplayDeadLetters`); [`ids`]: ids parsed at the edge.
@@ -22,22 +28,20 @@
 
 pub mod admin;
 pub mod app;
+pub mod backend;
 pub mod bindings;
 pub mod cli;
 pub mod client;
-pub mod db;
 pub mod dispatch;
 pub mod execute;
 pub mod ids;
 pub mod job;
 pub mod options;
-pub mod outbox;
 pub mod queue;
 pub mod recorder;
 pub mod requeue;
 pub mod run;
 pub mod settings;
-pub mod state;
 pub mod store;
 pub mod telemetry;
 pub mod worker;

@@ -8,25 +8,28 @@
 //! made. A failed write is retried with backoff while new records wait in the bounded
 //! channel (backpressure, not unbounded memory).
 //!
-//! Each statement costs PostgreSQL a commit and a fixed share of work whatever its size, so
-//! the writer keeps a quiet proxy from writing one record per statement: when a batch is
-//! not full it waits [`LINGER`] for company, and it holds its connection from batch to
-//! batch.
+//! Each batch costs the database a commit and a fixed share of work whatever its size, so
+//! the writer keeps a quiet proxy from writing one record per batch: when a batch is not
+//! full it waits [`LINGER`] for company. The store writes a batch at once (PostgreSQL: one
+//! statement over a held connection; SQLite: one transaction of the file's writer).
 //!
 //! [`Recorder::record_queued`] and [`Recorder::record_attempt`] return once the record is
 //! queued; [`Recorder::record_attempt_durably`] once it is committed, for the worker, which
 //! acks a job only after its attempt is recorded.
 
-use std::{collections::HashMap, time::Duration};
+use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use futures_util::FutureExt as _;
-use sqlx::{PgPool, Postgres, pool::PoolConnection};
-use tokio::sync::{mpsc, oneshot};
+use tokio::{
+    sync::{mpsc, oneshot},
+    task::JoinHandle,
+};
+use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::{
     run::{Attempt, Run},
-    store::{self, RunWrite},
+    store::{RunWrite, Store},
 };
 
 /// Most records written in one statement.
@@ -55,12 +58,12 @@ pub struct Recorder {
 }
 
 impl Recorder {
-    /// Starts the writer task, holding up to `capacity` records. The returned task ends
-    /// when every `Recorder` clone is dropped and the records queued so far are written.
-    pub fn start(pool: PgPool, capacity: usize) -> (Self, tokio::task::JoinHandle<()>) {
+    /// Starts the writer task, holding up to `capacity` records.
+    pub fn start(store: Arc<dyn Store>, capacity: usize) -> (Self, RecorderTask) {
         let (entries, receiver) = mpsc::channel(capacity);
-        let writer = tokio::spawn(write_batches(pool, receiver));
-        (Self { entries }, writer)
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(write_batches(store, receiver, stop.clone()));
+        (Self { entries }, RecorderTask { task, stop })
     }
 
     /// Queues the record of a job just queued, which never overwrites what a worker wrote
@@ -113,12 +116,40 @@ impl Recorder {
     }
 }
 
-async fn write_batches(pool: PgPool, mut receiver: mpsc::Receiver<Entry>) {
-    // Held from batch to batch: taking one from the pool for every batch would cost a
-    // round trip more each time (sqlx pings a connection before handing it out).
-    let mut connection = None;
+/// The writer task of a [`Recorder`].
+pub struct RecorderTask {
+    task: JoinHandle<()>,
+    stop: CancellationToken,
+}
+
+impl RecorderTask {
+    /// Writes the records queued so far (later ones are refused with [`RecorderStopped`])
+    /// and ends the task; false when that took longer than `timeout`.
+    pub async fn finish(self, timeout: Duration) -> bool {
+        self.stop.cancel();
+        tokio::time::timeout(timeout, self.task).await.is_ok()
+    }
+}
+
+async fn write_batches(
+    store: Arc<dyn Store>,
+    mut receiver: mpsc::Receiver<Entry>,
+    stop: CancellationToken,
+) {
     let mut entries = Vec::with_capacity(MAX_BATCH);
-    while receiver.recv_many(&mut entries, MAX_BATCH).await > 0 {
+    loop {
+        let received = tokio::select! {
+            biased;
+            received = receiver.recv_many(&mut entries, MAX_BATCH) => received,
+            () = stop.cancelled() => {
+                // What was queued before the stop, then nothing more.
+                receiver.close();
+                receiver.recv_many(&mut entries, MAX_BATCH).await
+            }
+        };
+        if received == 0 {
+            break;
+        }
         if entries.len() < MAX_BATCH {
             tokio::time::sleep(LINGER).await;
             let room = MAX_BATCH - entries.len();
@@ -129,15 +160,11 @@ async fn write_batches(pool: PgPool, mut receiver: mpsc::Receiver<Entry>) {
         let started = std::time::Instant::now();
         let mut backoff = Duration::from_millis(50);
         loop {
-            match batch.write(&pool, &mut connection).await {
+            match store.write_history(&batch.runs, &batch.attempts).await {
                 Ok(()) => break,
                 Err(err) => {
                     tracing::error!(error = %err, runs = batch.runs.len(), ?backoff,
                         "writing the run history failed; retrying");
-                    // The connection may be what broke: the retry takes a fresh one.
-                    if let Some(mut broken) = connection.take() {
-                        broken.close_on_drop();
-                    }
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(5));
                 }
@@ -178,19 +205,5 @@ impl Batch {
             attempts: attempts.into_values().collect(),
             committed,
         }
-    }
-
-    /// Writes the batch in one statement over `connection`, taking one from the pool first
-    /// if there is none.
-    async fn write(
-        &self,
-        pool: &PgPool,
-        connection: &mut Option<PoolConnection<Postgres>>,
-    ) -> sqlx::Result<()> {
-        let connection = match connection {
-            Some(held) => held,
-            None => connection.insert(pool.acquire().await?),
-        };
-        store::write_history(connection, &self.runs, &self.attempts).await
     }
 }

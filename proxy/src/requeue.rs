@@ -2,23 +2,22 @@
 //! it; `postsub runs retry`) and [`replay_dead_letters`] (the dead-letter queues;
 //! `postsub dlq replay`).
 //!
-//! Both mark the run `queued` in PostgreSQL before publishing (a worker takes only a
-//! `queued` run, and the job may be taken the moment it is published), publish with
-//! confirms, and put the run back as it was when the publish fails. A re-queued run starts
+//! Both mark the run `queued` in the store before queuing its job (a worker takes only a
+//! `queued` run, and the job may be taken the moment it is queued), queue it durably, and
+//! put the run back as it was when that fails. A re-queued run starts
 //! a new round of its binding's `max_attempts` attempts ([`Job::attempts_before`]); its
 //! attempt count goes on, so its history shows every round.
 
 use std::collections::HashMap;
 
-use lapin::message::Delivery;
 use postsub_tasks::Mode;
 use uuid::Uuid;
 
 use crate::{
     job::Job,
-    queue::{DeadLetters, Publisher, QueueError},
+    queue::{DeadLetter, DeadLetters, JobQueue, QueueError},
     run::{Run, RunStatus},
-    store,
+    store::{Store, StoreError},
 };
 
 /// Dead letters handled per database round trip.
@@ -33,22 +32,23 @@ pub enum RequeueError {
     /// The run is not in a state a retry applies to; the message says why.
     #[error("{0}")]
     NotRetryable(String),
-    /// RabbitMQ did not take the job.
+    /// The queue did not take the job.
     #[error(transparent)]
     Queue(#[from] QueueError),
-    /// PostgreSQL did not answer.
+    /// The store did not answer.
     #[error(transparent)]
-    Database(#[from] sqlx::Error),
+    Store(#[from] StoreError),
 }
 
 /// Queues a `dead` (or `failed`, or `expired`) async run again from its stored job, for a
 /// new round of attempts, and returns it as it now stands (`queued`).
 pub async fn retry_run(
-    pool: &sqlx::PgPool,
-    publisher: &Publisher,
+    store: &dyn Store,
+    queue: &dyn JobQueue,
     run_id: Uuid,
 ) -> Result<Run, RequeueError> {
-    let run = store::get_run(pool, run_id)
+    let run = store
+        .get_run(run_id)
         .await?
         .ok_or(RequeueError::NotFound(run_id))?;
     if !matches!(
@@ -65,26 +65,24 @@ pub async fn retry_run(
             "run {run_id} is a sync run: it ran inline in Process and has no job to queue"
         )));
     }
-    let Some(mut job) = store::run_input(pool, run_id).await? else {
+    let Some(mut job) = store.run_input(run_id).await? else {
         return Err(RequeueError::NotRetryable(format!(
             "run {run_id} was recorded before retries existed and has no stored job to queue"
         )));
     };
-    let Some(&(_, attempts)) = store::requeue_runs(pool, &[run_id], &[run.status])
-        .await?
-        .first()
-    else {
+    let Some(&(_, attempts)) = store.requeue_runs(&[run_id], &[run.status]).await?.first() else {
         return Err(RequeueError::NotRetryable(format!(
             "run {run_id} changed while it was being retried; look at it again"
         )));
     };
     job.attempts_before = attempts.max(0) as u32;
-    if let Err(err) = publisher.publish(&job).await {
-        store::unqueue_runs(pool, &[run_id], run.status).await?;
+    if let Err(err) = queue.publish(&job).await {
+        store.unqueue_runs(&[run_id], run.status).await?;
         return Err(err.into());
     }
     tracing::info!(%run_id, attempts, "run retried");
-    store::get_run(pool, run_id)
+    store
+        .get_run(run_id)
         .await?
         .ok_or(RequeueError::NotFound(run_id))
 }
@@ -94,16 +92,16 @@ pub async fn retry_run(
 /// held when it began; letters of other forms, or that are not jobs, go back to the tail
 /// of the queue, and letters whose run is no longer dead (retried meanwhile) are dropped.
 pub async fn replay_dead_letters(
-    pool: &sqlx::PgPool,
-    publisher: &Publisher,
+    store: &dyn Store,
+    queue: &dyn JobQueue,
     kinds: &[String],
     form_id: Option<Uuid>,
 ) -> Result<u64, RequeueError> {
     let mut replayed = 0;
     for kind in kinds {
-        let letters = publisher.dead_letters(kind).await?;
+        let mut letters = queue.dead_letters(kind).await?;
         // Whatever happens, letters this session still holds go back to the queue.
-        let result = replay_queue(pool, &letters, form_id).await;
+        let result = replay_queue(store, letters.as_mut(), form_id).await;
         letters.close().await;
         let count = result?;
         if count > 0 {
@@ -115,8 +113,8 @@ pub async fn replay_dead_letters(
 }
 
 async fn replay_queue(
-    pool: &sqlx::PgPool,
-    letters: &DeadLetters,
+    store: &dyn Store,
+    letters: &mut dyn DeadLetters,
     form_id: Option<Uuid>,
 ) -> Result<u64, RequeueError> {
     let held = letters.count().await?;
@@ -126,59 +124,61 @@ async fn replay_queue(
         let Some(letter) = letters.take().await? else {
             break;
         };
-        match Job::decode(&letter.data) {
+        match Job::decode(&letter.body) {
             Ok(job) if form_id.is_none_or(|form| job.submission.form_id == form) => {
-                chunk.push((job, letter));
+                chunk.push((letter, job));
             }
-            Ok(_) => letters.put_back(&letter).await?,
+            Ok(_) => letters.put_back(letter).await?,
             Err(err) => {
                 tracing::warn!(error = %err, "a dead letter is not a job; leaving it there");
-                letters.put_back(&letter).await?;
+                letters.put_back(letter).await?;
             }
         }
         if chunk.len() == CHUNK {
-            replayed += forward(pool, letters, std::mem::take(&mut chunk)).await?;
+            replayed += forward(store, letters, std::mem::take(&mut chunk)).await?;
         }
     }
-    replayed += forward(pool, letters, chunk).await?;
+    replayed += forward(store, letters, chunk).await?;
     Ok(replayed)
 }
 
 /// Marks the runs of `chunk` `queued` and forwards their jobs to the work queue; returns
 /// how many went.
 async fn forward(
-    pool: &sqlx::PgPool,
-    letters: &DeadLetters,
-    chunk: Vec<(Job, Delivery)>,
+    store: &dyn Store,
+    letters: &mut dyn DeadLetters,
+    chunk: Vec<(DeadLetter, Job)>,
 ) -> Result<u64, RequeueError> {
     if chunk.is_empty() {
         return Ok(0);
     }
-    let run_ids: Vec<Uuid> = chunk.iter().map(|(job, _)| job.run_id).collect();
-    // `queued` too: a run whose replay failed half-way (marked, not published) has its
+    let run_ids: Vec<Uuid> = chunk.iter().map(|(_, job)| job.run_id).collect();
+    // `queued` too: a run whose replay failed half-way (marked, not queued) has its
     // letter back in the queue and must be replayable.
     let from = [RunStatus::Dead, RunStatus::Failed, RunStatus::Queued];
-    let mut requeued: HashMap<Uuid, i32> = store::requeue_runs(pool, &run_ids, &from)
+    let mut requeued: HashMap<Uuid, i32> = store
+        .requeue_runs(&run_ids, &from)
         .await?
         .into_iter()
         .collect();
-    let mut forwarded = 0;
-    for (mut job, letter) in chunk {
+    let mut going = Vec::with_capacity(chunk.len());
+    for (letter, mut job) in chunk {
         // A run is forwarded once, even when the queue held two letters of it.
         let Some(attempts) = requeued.remove(&job.run_id) else {
             tracing::info!(run_id = %job.run_id, "dropping the dead letter of a run no longer dead");
-            letters.discard(&letter).await?;
+            letters.discard(letter).await?;
             continue;
         };
         job.attempts_before = attempts.max(0) as u32;
-        if let Err(err) = letters.forward(&letter, &job).await {
-            let unsent: Vec<Uuid> = std::iter::once(job.run_id)
-                .chain(requeued.into_keys())
-                .collect();
-            store::unqueue_runs(pool, &unsent, RunStatus::Dead).await?;
-            return Err(err.into());
-        }
-        forwarded += 1;
+        going.push((letter, job));
     }
-    Ok(forwarded)
+    let run_ids: Vec<Uuid> = going.iter().map(|(_, job)| job.run_id).collect();
+    let count = going.len() as u64;
+    if let Err((sent, err)) = letters.forward(going).await {
+        store
+            .unqueue_runs(&run_ids[sent..], RunStatus::Dead)
+            .await?;
+        return Err(err.into());
+    }
+    Ok(count)
 }

@@ -2,19 +2,35 @@
 
 use std::{net::SocketAddr, time::Duration};
 
-use clap::{Args, Parser};
+use clap::{Args, Parser, ValueEnum};
 
-/// Where the proxy's PostgreSQL database is.
+/// Where postsub keeps its state, which also chooses the backend (see [`crate::backend`]).
 #[derive(Debug, Clone, Args)]
 pub struct DatabaseSettings {
-    /// PostgreSQL URL of postsub's own database.
+    /// postsub's own database. `postgres://…`: PostgreSQL, with the job queue on RabbitMQ
+    /// (AMQP_URL). `sqlite://PATH` or a plain path: the embedded backend, store and job
+    /// queue in that one file. [default: postgres://postgres@127.0.0.1:5432/postsub; under
+    /// `postsub dev`: .postsub/postsub.db]
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+    /// How the embedded backend commits: `full`, a commit survives a power cut; `normal`,
+    /// it survives a crash of postsub, and a power cut may lose the last commits.
     #[arg(
         long,
-        env = "DATABASE_URL",
-        default_value = "postgres://postgres@127.0.0.1:5432/postsub",
-        hide_env_values = true
+        env = "POSTSUB_SQLITE_SYNCHRONOUS",
+        value_enum,
+        default_value_t = Synchronous::Full
     )]
-    pub database_url: String,
+    pub sqlite_synchronous: Synchronous,
+}
+
+/// SQLite's `synchronous` setting, as the embedded backend offers it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Synchronous {
+    /// fsync on every commit (WAL): committed jobs survive a power cut.
+    Full,
+    /// fsync at checkpoints: committed jobs survive a crash, not always a power cut.
+    Normal,
 }
 
 /// Checks an AMQP URL the way the client will read it, so a typo is an error at start-up
@@ -25,18 +41,14 @@ fn parse_amqp_url(url: &str) -> Result<String, String> {
         .map_err(|err| format!("not an AMQP URL ({err})"))
 }
 
-/// Where RabbitMQ is and how queues are named.
+/// Where RabbitMQ is and how queues are named (PostgreSQL backend only).
 #[derive(Debug, Clone, Args)]
 pub struct BrokerSettings {
-    /// AMQP URL, vhost included (`%2f` is the default vhost).
-    #[arg(
-        long,
-        env = "AMQP_URL",
-        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f",
-        hide_env_values = true,
-        value_parser = parse_amqp_url
-    )]
-    pub amqp_url: String,
+    /// AMQP URL, vhost included (`%2f` is the default vhost); only with a PostgreSQL
+    /// DATABASE_URL (the embedded backend's queue is in its file). [default:
+    /// amqp://guest:guest@127.0.0.1:5672/%2f]
+    #[arg(long, env = "AMQP_URL", hide_env_values = true, value_parser = parse_amqp_url)]
+    pub amqp_url: Option<String>,
     /// Prefix of every queue name (`<prefix>.<kind>`, `<prefix>.<kind>.dead`,
     /// `<prefix>.<kind>.retry.<ms>`).
     #[arg(long, env = "POSTSUB_QUEUE_PREFIX", default_value = "postsub")]
@@ -67,7 +79,8 @@ pub struct ProxySettings {
 /// Settings of the worker.
 #[derive(Debug, Clone, Args)]
 pub struct WorkerSettings {
-    /// Unacked jobs RabbitMQ hands the worker per queue.
+    /// Unacked jobs the queue hands the worker (RabbitMQ: per kind's queue; embedded: in
+    /// all).
     #[arg(long, env = "POSTSUB_WORKER_PREFETCH", default_value_t = 32)]
     pub prefetch: u16,
     /// Jobs the worker runs at once.
@@ -111,6 +124,12 @@ pub struct DevSettings {
 }
 
 impl DevSettings {
+    /// The backend `postsub dev` runs on: the embedded one at `.postsub/postsub.db`,
+    /// unless DATABASE_URL says otherwise.
+    pub fn backend(&self) -> anyhow::Result<crate::backend::Backend> {
+        crate::backend::Backend::choose(&self.database, &self.broker, crate::backend::DEV_DATABASE)
+    }
+
     /// The settings `postsub dev` would get from these flags (and the environment), for
     /// embedding postsub in tests or another program without repeating the defaults.
     pub fn from_flags(flags: &[&str]) -> Result<Self, clap::Error> {
@@ -123,8 +142,8 @@ impl DevSettings {
         Flags::try_parse_from(args).map(|flags| flags.settings)
     }
 
-    /// Settings for a run that shares its servers with others: its own database and queue
-    /// prefix, listeners on ports the OS picks, and `extra` flags on top.
+    /// Settings for a run that shares its servers with others: its own PostgreSQL database
+    /// and queue prefix, listeners on ports the OS picks, and `extra` flags on top.
     pub fn isolated(
         database_url: &str,
         amqp_url: &str,
@@ -138,6 +157,23 @@ impl DevSettings {
             amqp_url,
             "--queue-prefix",
             queue_prefix,
+            "--grpc-addr",
+            "127.0.0.1:0",
+            "--http-addr",
+            "127.0.0.1:0",
+        ];
+        flags.extend_from_slice(extra);
+        Self::from_flags(&flags)
+    }
+}
+
+impl DevSettings {
+    /// Settings for a run on the embedded backend in `database` (a path or `sqlite://`
+    /// URL), listeners on ports the OS picks, and `extra` flags on top.
+    pub fn embedded(database: &str, extra: &[&str]) -> Result<Self, clap::Error> {
+        let mut flags = vec![
+            "--database-url",
+            database,
             "--grpc-addr",
             "127.0.0.1:0",
             "--http-addr",

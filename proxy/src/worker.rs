@@ -2,21 +2,22 @@
 //!
 //! # Running workers
 //! `postsub worker` (or `postsub dev`) runs one. Each takes at most `prefetch` unacked jobs
-//! per queue from RabbitMQ and runs at most `concurrency` at once: a permit is taken before
-//! a delivery is, so a busy worker leaves jobs in the queue for the others.
+//! from the [`JobQueue`] (per queue on RabbitMQ, in all on the embedded queue) and runs at
+//! most `concurrency` at once: a permit is taken before a delivery is, so a busy worker
+//! leaves jobs in the queue for the others.
 //!
 //! # One job
-//! [`Worker::process_one`]: decode, claim the run in PostgreSQL (which refuses a run that
-//! already finished or that another worker holds, so a job published twice runs once),
-//! run the task under its binding's timeout, record the attempt durably, then ack. A job
-//! is acked only after its attempt is committed; a worker that dies before that leaves the
-//! job unacked and RabbitMQ delivers it again.
+//! [`Worker::process_one`]: decode, claim the run in the [`Store`] (which refuses a run that
+//! already finished or that another worker holds, so a job queued twice runs once), run
+//! the task under its binding's timeout, record the attempt durably, then ack. A job is
+//! acked only after its attempt is committed; a worker that dies before that leaves the
+//! job unacked and the queue delivers it again.
 //!
 //! # Retries and dead letters
 //! The task says whether another attempt can help ([`TaskError`]); the worker decides,
 //! with the binding's [`RetryPolicy`]. After a retryable error, a timeout or a panic, with
 //! attempts left in this round, the run goes back to `queued` (the last error kept) and
-//! the job waits in a delay queue (see [`crate::queue`]) for the backoff. After the last
+//! the job waits in the queue (see [`crate::queue`]) for the backoff. After the last
 //! attempt, or at once after a fatal error, the job goes to the kind's dead-letter queue
 //! and the run is `dead`. The record is written before the delayed publish (the job must
 //! not come back before its run is `queued` again) and after the dead-letter publish (a
@@ -27,23 +28,18 @@
 //! the submission, does not run: the run is `expired` and the job dropped.
 //!
 //! # Scaling
-//! Workers are stateless: start more, anywhere that reaches RabbitMQ and PostgreSQL.
+//! Workers are stateless: start more, anywhere that reaches the queue and the store
+//! (RabbitMQ and PostgreSQL; or, for the embedded backend, on the machine of its file).
 //!
 //! # Stopping workers safely
-//! On shutdown the worker cancels its consumers (no new jobs), waits up to `drain_timeout`
-//! for the jobs it holds, then closes the connection; RabbitMQ requeues whatever was not
-//! acked. A lost connection is remade with backoff.
+//! On shutdown the worker cancels its consumer (no new jobs), waits up to `drain_timeout`
+//! for the jobs it holds, then closes the consumer; the queue takes back whatever was not
+//! acked. A lost consumer is remade with backoff.
 
 use std::{sync::Arc, time::Duration};
 
 use chrono::{DateTime, SecondsFormat, Utc};
-use futures_util::{StreamExt, stream::select_all};
-use lapin::{
-    message::Delivery,
-    options::{BasicAckOptions, BasicCancelOptions, BasicNackOptions, BasicRejectOptions},
-};
 use postsub_tasks::{Mode, RunContext, TaskError, TaskState};
-use sqlx::PgPool;
 use tokio::{sync::Semaphore, task::JoinSet};
 use tokio_util::sync::CancellationToken;
 
@@ -52,16 +48,16 @@ use crate::{
     execute::{Execution, execute},
     job::Job,
     options::RetryPolicy,
-    queue::{Consuming, Publisher, QueueSettings},
+    queue::{Consumer, Delivery, JobQueue, QueueError},
     recorder::Recorder,
     run::{Attempt, Run, RunStatus},
-    store,
+    store::Store,
 };
 
 /// Worker limits.
 #[derive(Debug, Clone)]
 pub struct WorkerLimits {
-    /// Unacked jobs RabbitMQ hands this worker per queue.
+    /// Unacked jobs the queue hands this worker (per kind's queue on RabbitMQ).
     pub prefetch: u16,
     /// Jobs run at once.
     pub concurrency: usize,
@@ -90,7 +86,7 @@ pub enum Processed {
     /// The message is not a job; it was dropped.
     Malformed,
     /// The run could not be claimed or recorded (database down), or the job could not be
-    /// moved on (RabbitMQ down); the job goes back.
+    /// moved on (queue down); the job goes back.
     Requeued,
 }
 
@@ -140,10 +136,8 @@ impl Next {
 /// A worker; cheap to clone (the clones share everything).
 #[derive(Clone)]
 pub struct Worker {
-    queues: QueueSettings,
-    /// Publishes to the delay and dead-letter queues (its own connection).
-    publisher: Arc<Publisher>,
-    pool: PgPool,
+    queue: Arc<dyn JobQueue>,
+    store: Arc<dyn Store>,
     cache: BindingCache,
     recorder: Recorder,
     state: Arc<dyn TaskState>,
@@ -153,17 +147,16 @@ pub struct Worker {
 impl Worker {
     /// A worker over shared parts.
     pub fn new(
-        queues: QueueSettings,
-        pool: PgPool,
+        queue: Arc<dyn JobQueue>,
+        store: Arc<dyn Store>,
         cache: BindingCache,
         recorder: Recorder,
         state: Arc<dyn TaskState>,
         limits: WorkerLimits,
     ) -> Self {
         Self {
-            publisher: Arc::new(Publisher::new(queues.clone())),
-            queues,
-            pool,
+            queue,
+            store,
             cache,
             recorder,
             state,
@@ -171,20 +164,20 @@ impl Worker {
         }
     }
 
-    /// Consumes until `shutdown`, reconnecting with backoff whenever the broker goes away.
+    /// Consumes until `shutdown`, reconnecting with backoff whenever the queue goes away.
     pub async fn run(self, shutdown: CancellationToken) {
         let mut backoff = Duration::from_millis(100);
         while !shutdown.is_cancelled() {
-            match self.queues.consume(self.limits.prefetch).await {
-                Ok(consuming) => {
-                    tracing::info!(kinds = ?self.queues.kinds, "worker consuming");
+            match self.queue.consume(self.limits.prefetch).await {
+                Ok(consumer) => {
+                    tracing::info!("worker consuming");
                     backoff = Duration::from_millis(100);
-                    if let Err(err) = self.consume(consuming, &shutdown).await {
-                        tracing::warn!(error = %err, "worker lost RabbitMQ; reconnecting");
+                    if let Err(err) = self.consume(consumer, &shutdown).await {
+                        tracing::warn!(error = %err, "worker lost the queue; reconnecting");
                     }
                 }
                 Err(err) => {
-                    tracing::warn!(error = %err, ?backoff, "worker cannot reach RabbitMQ; retrying");
+                    tracing::warn!(error = %err, ?backoff, "worker cannot reach the queue; retrying");
                     tokio::select! {
                         () = shutdown.cancelled() => {}
                         () = tokio::time::sleep(backoff) => {}
@@ -193,21 +186,13 @@ impl Worker {
                 }
             }
         }
-        self.publisher.close().await;
     }
 
     async fn consume(
         &self,
-        consuming: Consuming,
+        mut consumer: Box<dyn Consumer>,
         shutdown: &CancellationToken,
-    ) -> Result<(), lapin::Error> {
-        let Consuming {
-            connection,
-            channel,
-            consumers,
-        } = consuming;
-        let tags: Vec<_> = consumers.iter().map(|c| c.tag()).collect();
-        let mut deliveries = select_all(consumers);
+    ) -> Result<(), QueueError> {
         let permits = Arc::new(Semaphore::new(self.limits.concurrency));
         let mut running = JoinSet::new();
         let outcome = loop {
@@ -219,30 +204,21 @@ impl Worker {
             };
             let delivery = tokio::select! {
                 () = shutdown.cancelled() => break Ok(()),
-                delivery = deliveries.next() => delivery,
+                delivery = consumer.next() => delivery,
             };
             match delivery {
-                Some(Ok(delivery)) => {
+                Ok(delivery) => {
                     let worker = self.clone();
                     running.spawn(async move {
                         worker.process_one(delivery).await;
                         drop(permit);
                     });
                 }
-                Some(Err(err)) => break Err(err),
-                None => {
-                    break Err(lapin::Error::from(
-                        lapin::ErrorKind::InvalidConnectionState(lapin::ConnectionState::Closed),
-                    ));
-                }
+                Err(err) => break Err(err),
             }
         };
-        // Drain: take no new jobs, let the running ones finish (their acks need the channel).
-        for tag in tags {
-            let _ = channel
-                .basic_cancel(tag, BasicCancelOptions::default())
-                .await;
-        }
+        // Drain: take no new jobs, let the running ones finish (their acks need the consumer).
+        consumer.cancel().await;
         let drained = tokio::time::timeout(self.limits.drain_timeout, async {
             while running.join_next().await.is_some() {}
         })
@@ -253,9 +229,9 @@ impl Worker {
                 "drain timeout passed; unfinished jobs go back to the queue"
             );
             running.abort_all();
+            while running.join_next().await.is_some() {}
         }
-        let _ = channel.close(200, "worker stopping".into()).await;
-        let _ = connection.close(200, "worker stopping".into()).await;
+        consumer.close().await;
         outcome
     }
 
@@ -263,42 +239,32 @@ impl Worker {
     pub async fn process_one(&self, delivery: Delivery) -> Processed {
         let processed = self.handle(&delivery).await;
         metrics::counter!("postsub_deliveries_total", "outcome" => processed.name()).increment(1);
-        let acked = match processed {
+        let settle = &delivery.settle;
+        let settled = match processed {
             Processed::Succeeded
             | Processed::Retrying
             | Processed::Dead
             | Processed::Expired
-            | Processed::Duplicate => delivery.acker.ack(BasicAckOptions::default()).await,
-            Processed::Malformed => {
-                delivery
-                    .acker
-                    .reject(BasicRejectOptions { requeue: false })
-                    .await
-            }
+            | Processed::Duplicate => settle.ack().await,
+            Processed::Malformed => settle.reject().await,
             Processed::Requeued => {
                 // Give the database a moment before the job comes round again.
                 tokio::time::sleep(Duration::from_secs(1)).await;
-                delivery
-                    .acker
-                    .nack(BasicNackOptions {
-                        requeue: true,
-                        ..BasicNackOptions::default()
-                    })
-                    .await
+                settle.requeue().await
             }
         };
-        if let Err(err) = acked {
-            // The channel is gone; RabbitMQ will deliver the job again.
+        if let Err(err) = settled {
+            // The consumer is gone; the queue will deliver the job again.
             tracing::warn!(error = %err, "could not settle a delivery");
         }
         processed
     }
 
     async fn handle(&self, delivery: &Delivery) -> Processed {
-        let job = match Job::decode(&delivery.data) {
+        let job = match Job::decode(&delivery.body) {
             Ok(job) => job,
             Err(err) => {
-                tracing::error!(error = %err, routing_key = %delivery.routing_key,
+                tracing::error!(error = %err, origin = %delivery.origin,
                     "dropping a message that is not a postsub job");
                 return Processed::Malformed;
             }
@@ -317,7 +283,7 @@ impl Worker {
         {
             return self.expire(&job, &run, delivery.redelivered, expiry).await;
         }
-        let attempt = match store::claim_run(&self.pool, &run, &job, delivery.redelivered).await {
+        let attempt = match self.store.claim_run(&run, &job, delivery.redelivered).await {
             Ok(Some(attempt)) => attempt,
             Ok(None) => {
                 tracing::debug!(run_id = %run.run_id, "run already done or held elsewhere");
@@ -354,12 +320,14 @@ impl Worker {
         let round_attempt = (attempt.max(1) as u32).saturating_sub(job.attempts_before);
         let next = Next::after(&execution, &policy, round_attempt);
         let record = Attempt::ended(run.run_id, attempt, started_at, &execution);
-        self.settle(&job, run, execution, record, next).await
+        self.settle(delivery, &job, run, execution, record, next)
+            .await
     }
 
     /// Moves the job on after an attempt (`next`) and records the attempt and the run.
     async fn settle(
         &self,
+        delivery: &Delivery,
         job: &Job,
         run: Run,
         execution: Execution,
@@ -380,12 +348,12 @@ impl Worker {
                 if self.record(run, record, Processed::Retrying).await == Processed::Requeued {
                     return Processed::Requeued;
                 }
-                match self.publisher.publish_delayed(job, delay).await {
+                match delivery.settle.retry_later(job, delay).await {
                     Ok(()) => Processed::Retrying,
                     Err(err) => {
                         // The run is `queued`: the job coming back runs at once.
                         tracing::error!(error = %err, run_id = %job.run_id,
-                            "cannot delay a retry; the job goes back to its queue");
+                            "cannot queue a retry; the job goes back to its queue");
                         Processed::Requeued
                     }
                 }
@@ -394,7 +362,7 @@ impl Worker {
                 let error = execution.error().unwrap_or_default();
                 tracing::error!(run_id = %run.run_id, kind = %job.kind, attempt, %error,
                     "task failed for good; dead-lettering the job");
-                if let Err(err) = self.publisher.publish_dead(job, &error, attempt).await {
+                if let Err(err) = delivery.settle.dead_letter(job, &error, attempt).await {
                     // Left `running`: the job coming back is redelivered, so it takes over.
                     tracing::error!(error = %err, run_id = %job.run_id,
                         "cannot dead-letter a job; it goes back to its queue");
@@ -419,7 +387,7 @@ impl Worker {
             "expired at {}: not started within the binding's expires_after of the submission",
             expiry.to_rfc3339_opts(SecondsFormat::Millis, true)
         );
-        match store::expire_run(&self.pool, run, job, redelivered, &error).await {
+        match self.store.expire_run(run, job, redelivered, &error).await {
             Ok(true) => {
                 tracing::warn!(run_id = %run.run_id, kind = %job.kind, %expiry,
                     "job expired before it could start; dropped");

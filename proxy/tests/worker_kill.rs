@@ -78,16 +78,15 @@ async fn a_worker_killed_mid_export_loses_and_doubles_no_row() {
     // Slow enough that the kill lands in the middle of the run.
     emulator.set_latency(Duration::from_millis(50));
     let settings = DevSettings::isolated(&db.url, &broker.url, &broker.prefix, &[]).unwrap();
-    postsub_proxy::db::migrate(&db.url).await.unwrap();
+    let backend = settings.backend().unwrap();
+    backend.database.migrate().await.unwrap();
     let mut registry = Registry::with_builtins();
     registry.register(GoogleSheets::new(Endpoints {
         sheets_base_url: emulator.sheets_base_url(),
         drive_base_url: emulator.drive_base_url(),
     }));
     // The proxy runs here; the workers are separate processes.
-    let services = Services::start(&settings.database, &settings.broker, registry)
-        .await
-        .unwrap();
+    let services = Services::start(&backend, registry).await.unwrap();
     let proxy = Proxy::build(&services, &settings.proxy).await.unwrap();
     let grpc = format!("http://{}", proxy.grpc_addr());
     let stop = CancellationToken::new();

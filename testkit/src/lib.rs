@@ -4,6 +4,7 @@
 //! # Layout
 //! - [`database`]: a fresh PostgreSQL database per test, dropped afterwards (even on panic).
 //! - [`broker`]: a fresh RabbitMQ vhost (and queue prefix) per test, deleted afterwards.
+//! - [`sqlite`]: a fresh SQLite file per test (the embedded backend), removed afterwards.
 //! - [`webhook`]: a webhook receiver that checks Standard Webhooks signatures.
 //! - [`sheets`]: a Google Sheets v4 + Drive v3 + OAuth token endpoint emulator.
 #![forbid(unsafe_code)]
@@ -11,11 +12,13 @@
 pub mod broker;
 pub mod database;
 pub mod sheets;
+pub mod sqlite;
 pub mod webhook;
 
 pub use broker::TestBroker;
 pub use database::TestDatabase;
 pub use sheets::SheetsEmulator;
+pub use sqlite::TestSqlite;
 pub use webhook::{Delivery, WebhookReceiver};
 
 /// Runs `cleanup` to completion from a `Drop`, which may run inside or outside a runtime

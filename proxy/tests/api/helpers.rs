@@ -1,5 +1,6 @@
-//! `spawn_proxy()`: `postsub dev` on a fresh database and RabbitMQ vhost, with test task
-//! kinds registered; and the small helpers the tests share.
+//! `spawn_proxy(backend)`: `postsub dev` on a fresh PostgreSQL database and RabbitMQ vhost,
+//! or on a fresh SQLite file (the embedded backend), with test task kinds registered;
+//! [`contract!`], which runs a test against both; and the small helpers the tests share.
 
 use std::{
     sync::{
@@ -10,14 +11,13 @@ use std::{
 };
 
 use async_trait::async_trait;
-use lapin::{Connection, ConnectionProperties, options::QueueDeclareOptions, types::FieldTable};
 use postsub::{
     json::to_proto_struct,
     pb::{self, post_submission_client::PostSubmissionClient, task_admin_client::TaskAdminClient},
 };
 use postsub_proxy::{app::DevStack, settings::DevSettings};
 use postsub_tasks::{ConfigError, Outcome, Registry, RunContext, Submission, TaskBase, TaskError};
-use postsub_testkit::{TestBroker, TestDatabase};
+use postsub_testkit::{TestBroker, TestDatabase, TestSqlite};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
@@ -141,27 +141,85 @@ impl TaskBase for Outage {
     }
 }
 
+/// The backends a contract test runs against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// PostgreSQL and RabbitMQ.
+    Postgres,
+    /// One SQLite file.
+    Embedded,
+}
+
+/// Generates, for each `async fn name(backend: Backend)`, a module `name` with the tests
+/// `postgres` and `embedded` that run it against each backend.
+#[macro_export]
+macro_rules! contract {
+    ($($name:ident),+ $(,)?) => {
+        $(
+            mod $name {
+                #[tokio::test]
+                async fn postgres() {
+                    super::$name($crate::helpers::Backend::Postgres).await
+                }
+
+                #[tokio::test]
+                async fn embedded() {
+                    super::$name($crate::helpers::Backend::Embedded).await
+                }
+            }
+        )+
+    };
+}
+
+/// What a test proxy runs on, removed when the test ends.
+pub enum Resources {
+    /// Its own PostgreSQL database and RabbitMQ vhost.
+    Postgres(TestDatabase, TestBroker),
+    /// Its own SQLite file.
+    Embedded(TestSqlite),
+}
+
+impl Resources {
+    /// Fresh resources of `backend`.
+    pub async fn create(backend: Backend) -> Self {
+        match backend {
+            Backend::Postgres => {
+                Resources::Postgres(TestDatabase::create("postsub").await, TestBroker::create())
+            }
+            Backend::Embedded => Resources::Embedded(TestSqlite::create("postsub")),
+        }
+    }
+
+    /// `postsub dev` settings on these resources, listening on ports the OS picks.
+    pub fn settings(&self, extra: &[&str]) -> DevSettings {
+        match self {
+            Resources::Postgres(db, broker) => {
+                DevSettings::isolated(&db.url, &broker.url, &broker.prefix, extra)
+            }
+            Resources::Embedded(file) => DevSettings::embedded(&file.url, extra),
+        }
+        .expect("settings parse")
+    }
+}
+
 pub struct TestProxy {
     pub stack: DevStack,
     pub settings: DevSettings,
-    pub db: TestDatabase,
-    pub broker: TestBroker,
+    pub resources: Resources,
     /// The `outage` task's service: down until a test brings it up.
     pub service_up: Arc<AtomicBool>,
 }
 
-pub async fn spawn_proxy() -> TestProxy {
-    spawn_proxy_with(&[]).await
+pub async fn spawn_proxy(backend: Backend) -> TestProxy {
+    spawn_proxy_with(backend, &[]).await
 }
 
 /// [`spawn_proxy`] with `extra` flags for `postsub dev`.
-pub async fn spawn_proxy_with(extra: &[&str]) -> TestProxy {
-    let db = TestDatabase::create("postsub").await;
-    let broker = TestBroker::create();
+pub async fn spawn_proxy_with(backend: Backend, extra: &[&str]) -> TestProxy {
+    let resources = Resources::create(backend).await;
     let mut flags = vec!["--sync-timeout", "300ms", "--max-answers-bytes", "1024"];
     flags.extend_from_slice(extra);
-    let settings = DevSettings::isolated(&db.url, &broker.url, &broker.prefix, &flags)
-        .expect("settings parse");
+    let settings = resources.settings(&flags);
     let service_up = Arc::new(AtomicBool::new(false));
     let stack = DevStack::start(
         &settings,
@@ -173,8 +231,7 @@ pub async fn spawn_proxy_with(extra: &[&str]) -> TestProxy {
     TestProxy {
         stack,
         settings,
-        db,
-        broker,
+        resources,
         service_up,
     }
 }
@@ -244,52 +301,23 @@ impl TestProxy {
         self.run(run_id).await
     }
 
-    /// Messages in one of this test's queues, `<prefix>.<suffix>`, asked with a passive
-    /// declare.
-    /// Declares `<prefix>.<suffix>` as a durable queue of `queue_type`: an error when the
-    /// queue exists with another type.
-    pub async fn declare_as(&self, suffix: &str, queue_type: &str) -> Result<(), lapin::Error> {
-        let connection = Connection::connect(&self.broker.url, ConnectionProperties::default())
+    /// What the queue holds of `kind`.
+    pub async fn queue(&self, kind: &str) -> pb::QueueStats {
+        self.admin()
             .await
-            .unwrap();
-        let channel = connection.create_channel().await.unwrap();
-        let mut arguments = FieldTable::default();
-        arguments.insert(
-            "x-queue-type".into(),
-            lapin::types::AMQPValue::LongString(queue_type.into()),
-        );
-        let declared = channel
-            .queue_declare(
-                format!("{}.{suffix}", self.broker.prefix).into(),
-                QueueDeclareOptions {
-                    durable: true,
-                    ..QueueDeclareOptions::default()
-                },
-                arguments,
-            )
-            .await;
-        let _ = connection.close(200, "declared".into()).await;
-        declared.map(drop)
+            .list_queues(pb::ListQueuesRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .queues
+            .into_iter()
+            .find(|queue| queue.kind == kind)
+            .unwrap_or_else(|| panic!("no queue of kind {kind}"))
     }
 
-    pub async fn queue_len(&self, suffix: &str) -> u32 {
-        let connection = Connection::connect(&self.broker.url, ConnectionProperties::default())
-            .await
-            .unwrap();
-        let channel = connection.create_channel().await.unwrap();
-        let queue = channel
-            .queue_declare(
-                format!("{}.{suffix}", self.broker.prefix).into(),
-                QueueDeclareOptions {
-                    passive: true,
-                    ..QueueDeclareOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .unwrap();
-        let _ = connection.close(200, "counted".into()).await;
-        queue.message_count()
+    /// Dead letters of `kind`.
+    pub async fn dead_letters(&self, kind: &str) -> u64 {
+        self.queue(kind).await.dead
     }
 }
 

@@ -1,24 +1,38 @@
-//! The proxy's gRPC and HTTP APIs: bad input gets a clear status, bindings take effect at
-//! once (and on other proxies through NOTIFY), sync tasks are isolated from each other, and
-//! the run history can be filtered and paged.
+//! The proxy's gRPC and HTTP APIs, on both backends: bad input gets a clear status, bindings
+//! take effect at once (and on other proxies through the store's change feed), sync tasks
+//! are isolated from each other, a repeated call runs nothing twice, and the run history
+//! can be filtered and paged.
 
 use std::sync::{Arc, atomic::AtomicBool};
 
+use futures_util::future::join_all;
 use postsub::pb::{self, post_submission_client::PostSubmissionClient};
 use postsub_proxy::{
     app::{DevStack, Proxy, Services},
     settings::DevSettings,
 };
+use postsub_testkit::WebhookReceiver;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 use tonic::{Code, transport::Channel};
 use uuid::Uuid;
 
-use crate::helpers::{assert_status, binding, eventually, object, process, registry, spawn_proxy};
+use crate::helpers::{
+    Backend, assert_status, binding, eventually, object, process, registry, spawn_proxy,
+};
 
-#[tokio::test]
-async fn bad_ids_and_oversize_answers_are_invalid_argument() {
-    let proxy = spawn_proxy().await;
+crate::contract!(
+    a_repeated_process_call_runs_nothing_twice,
+    bad_ids_and_oversize_answers_are_invalid_argument,
+    bindings_with_bad_kind_mode_or_config_are_refused_with_the_reason,
+    sync_tasks_are_isolated_from_a_hanging_or_panicking_neighbour,
+    binding_changes_reach_this_proxy_at_once_and_other_processes_through_the_change_feed,
+    run_history_filters_and_pages,
+    health_endpoints_answer
+);
+
+async fn bad_ids_and_oversize_answers_are_invalid_argument(backend: Backend) {
+    let proxy = spawn_proxy(backend).await;
     let mut client = proxy.process_client().await;
     let mut request = process(Uuid::new_v4(), json!({}));
     request.form_id = "not-a-uuid".into();
@@ -82,9 +96,8 @@ async fn bad_ids_and_oversize_answers_are_invalid_argument() {
     proxy.stack.stop().await.unwrap();
 }
 
-#[tokio::test]
-async fn bindings_with_bad_kind_mode_or_config_are_refused_with_the_reason() {
-    let proxy = spawn_proxy().await;
+async fn bindings_with_bad_kind_mode_or_config_are_refused_with_the_reason(backend: Backend) {
+    let proxy = spawn_proxy(backend).await;
     let mut admin = proxy.admin().await;
     let form = Uuid::new_v4();
     let create = |name: &str, kind: &str, mode: pb::Mode, config: Value| {
@@ -207,9 +220,8 @@ async fn bindings_with_bad_kind_mode_or_config_are_refused_with_the_reason() {
     proxy.stack.stop().await.unwrap();
 }
 
-#[tokio::test]
-async fn sync_tasks_are_isolated_from_a_hanging_or_panicking_neighbour() {
-    let proxy = spawn_proxy().await;
+async fn sync_tasks_are_isolated_from_a_hanging_or_panicking_neighbour(backend: Backend) {
+    let proxy = spawn_proxy(backend).await;
     let mut admin = proxy.admin().await;
     let form = Uuid::new_v4();
     let rules = json!({"fields": {"age": {"type": "integer", "min": 0}}});
@@ -294,13 +306,13 @@ fn rules_for(kind: &str, rules: &Value) -> Value {
     }
 }
 
-#[tokio::test]
-async fn binding_changes_reach_this_proxy_at_once_and_others_through_notify() {
-    let proxy = spawn_proxy().await;
+async fn binding_changes_reach_this_proxy_at_once_and_other_processes_through_the_change_feed(
+    backend: Backend,
+) {
+    let proxy = spawn_proxy(backend).await;
     // A second proxy on the same database, as behind a load balancer.
     let services = Services::start(
-        &proxy.settings.database,
-        &proxy.settings.broker,
+        &proxy.settings.backend().unwrap(),
         registry(proxy.service_up.clone()),
     )
     .await
@@ -399,9 +411,8 @@ async fn binding_changes_reach_this_proxy_at_once_and_others_through_notify() {
     proxy.stack.stop().await.unwrap();
 }
 
-#[tokio::test]
-async fn run_history_filters_and_pages() {
-    let proxy = spawn_proxy().await;
+async fn run_history_filters_and_pages(backend: Backend) {
+    let proxy = spawn_proxy(backend).await;
     let form = Uuid::new_v4();
     let mut admin = proxy.admin().await;
     admin
@@ -496,9 +507,8 @@ async fn run_history_filters_and_pages() {
     proxy.stack.stop().await.unwrap();
 }
 
-#[tokio::test]
-async fn health_endpoints_answer() {
-    let proxy = spawn_proxy().await;
+async fn health_endpoints_answer(backend: Backend) {
+    let proxy = spawn_proxy(backend).await;
     let channel = Channel::from_shared(proxy.url())
         .unwrap()
         .connect()
@@ -538,7 +548,70 @@ async fn health_endpoints_answer() {
         200
     );
     proxy.stack.stop().await.unwrap();
-    drop(proxy.db);
+}
+
+async fn a_repeated_process_call_runs_nothing_twice(backend: Backend) {
+    let proxy = spawn_proxy(backend).await;
+    let receiver = WebhookReceiver::start().await;
+    let form = Uuid::new_v4();
+    let mut admin = proxy.admin().await;
+    let hook = json!({"url": receiver.url, "secret": receiver.secret});
+    for (name, kind, mode, config) in [
+        (
+            "checks",
+            "validate",
+            pb::Mode::Sync,
+            json!({"fields": {"n": {"max": 1}}}),
+        ),
+        ("hook", "webhook", pb::Mode::Async, hook),
+    ] {
+        admin
+            .create_binding(binding(form, name, kind, mode, config))
+            .await
+            .unwrap();
+    }
+    let mut client = proxy.process_client().await;
+    let request = process(form, json!({"n": 2}));
+    let first = client.process(request.clone()).await.unwrap().into_inner();
+    let job = first.jobs[0].run_id.clone();
+    proxy.run_in(&job, pb::RunStatus::Succeeded).await;
+    // Again after the job ran, and three times at once for another submission.
+    let again = client.process(request).await.unwrap().into_inner();
+    assert_eq!(again.jobs[0].run_id, job, "the same run");
+    assert_eq!(again.sync_results[0].run_id, first.sync_results[0].run_id);
+    assert_eq!(again.sync_results[0].status(), pb::SyncStatus::Flagged);
+    let burst = process(form, json!({"n": 0}));
+    let replies = join_all((0..3).map(|_| {
+        let mut client = client.clone();
+        let request = burst.clone();
+        async move { client.process(request).await.unwrap().into_inner() }
+    }))
+    .await;
+    let burst_job = replies[0].jobs[0].run_id.clone();
+    assert!(
+        replies
+            .iter()
+            .all(|reply| reply.jobs[0].run_id == burst_job)
+    );
+    proxy.run_in(&burst_job, pb::RunStatus::Succeeded).await;
+
+    // Whatever was queued twice has been taken and dropped: one delivery per submission,
+    // one attempt per run.
+    eventually("the queue to be empty", || async {
+        let queue = proxy.queue("webhook").await;
+        queue.ready == 0 && queue.in_flight.unwrap_or(0) == 0
+    })
+    .await;
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let mut ids: Vec<String> = receiver.deliveries().into_iter().map(|d| d.id).collect();
+    ids.sort();
+    let mut expected = vec![job.clone(), burst_job.clone()];
+    expected.sort();
+    assert_eq!(ids, expected, "each run delivered once");
+    for run in [&job, &burst_job] {
+        assert_eq!(proxy.run(run).await.attempts, 1);
+    }
+    proxy.stack.stop().await.unwrap();
 }
 
 #[tokio::test]

@@ -12,8 +12,23 @@ use tonic::Code;
 use uuid::Uuid;
 
 use crate::helpers::{
-    TestProxy, assert_status, binding, quick_retries, spawn_proxy, spawn_proxy_with,
+    Backend, Resources, TestProxy, assert_status, binding, quick_retries, spawn_proxy,
+    spawn_proxy_with,
 };
+
+crate::contract!(
+    a_task_that_fails_twice_succeeds_on_its_third_attempt_after_growing_waits,
+    a_task_that_always_fails_is_dead_lettered_and_replayed_once_fixed,
+    a_fatal_error_is_dead_after_one_attempt,
+    an_attempt_past_the_binding_timeout_times_out_and_is_retried,
+    retry_run_requeues_a_dead_run_and_refuses_others,
+    binding_options_are_checked_shown_and_updated_field_by_field,
+    webhook_that_answers_5xx_twice_succeeds_on_the_third_attempt,
+    webhook_that_answers_4xx_is_dead_at_once_with_the_reason,
+    a_job_taken_after_its_expiry_is_expired_and_not_run,
+    a_delayed_job_runs_no_earlier_than_its_delay_after_the_submission,
+    an_expired_job_is_reported_to_the_operator_and_counted
+);
 
 /// Binds `kind` (async) to a new form with `options`; returns the form.
 async fn bind(
@@ -63,9 +78,10 @@ async fn replay(proxy: &TestProxy, kind: &str, form: Option<Uuid>) -> u64 {
         .replayed
 }
 
-#[tokio::test]
-async fn a_task_that_fails_twice_succeeds_on_its_third_attempt_after_growing_waits() {
-    let proxy = spawn_proxy().await;
+async fn a_task_that_fails_twice_succeeds_on_its_third_attempt_after_growing_waits(
+    backend: Backend,
+) {
+    let proxy = spawn_proxy(backend).await;
     let options = pb::BindingOptions {
         backoff_initial: "500ms".into(),
         backoff_max: "5s".into(),
@@ -118,14 +134,13 @@ async fn a_task_that_fails_twice_succeeds_on_its_third_attempt_after_growing_wai
         .runs;
     assert_eq!(listed[0].attempts, 3);
     assert!(listed[0].attempt_history.is_empty());
-    assert_eq!(proxy.queue_len("flaky").await, 0);
-    assert_eq!(proxy.queue_len("flaky.dead").await, 0);
+    assert_eq!(proxy.queue("flaky").await.ready, 0);
+    assert_eq!(proxy.dead_letters("flaky").await, 0);
     proxy.stack.stop().await.unwrap();
 }
 
-#[tokio::test]
-async fn a_task_that_always_fails_is_dead_lettered_and_replayed_once_fixed() {
-    let proxy = spawn_proxy().await;
+async fn a_task_that_always_fails_is_dead_lettered_and_replayed_once_fixed(backend: Backend) {
+    let proxy = spawn_proxy(backend).await;
     let form_a = bind(&proxy, "outage", json!({}), quick_retries(3)).await;
     let form_b = bind(&proxy, "outage", json!({}), quick_retries(3)).await;
     let run_a = proxy.submit(form_a, json!({})).await.remove(0);
@@ -136,12 +151,12 @@ async fn a_task_that_always_fails_is_dead_lettered_and_replayed_once_fixed() {
     assert_eq!(dead.error, "the service is down");
     assert_eq!(statuses(&dead), [pb::AttemptStatus::Failed; 3]);
     proxy.run_in(&run_b, pb::RunStatus::Dead).await;
-    assert_eq!(proxy.queue_len("outage.dead").await, 2);
+    assert_eq!(proxy.dead_letters("outage").await, 2);
 
     // Replayed while the cause is still there: a new round of 3 attempts, dead again.
     assert_eq!(replay(&proxy, "outage", Some(form_a)).await, 1);
     eventually_dead_after(&proxy, &run_a, 6).await;
-    assert_eq!(proxy.queue_len("outage.dead").await, 2);
+    assert_eq!(proxy.dead_letters("outage").await, 2);
 
     // Fixed: a replay of one form runs its job to success and leaves the other's letter.
     proxy.service_up.store(true, Ordering::SeqCst);
@@ -153,12 +168,12 @@ async fn a_task_that_always_fails_is_dead_lettered_and_replayed_once_fixed() {
         pb::AttemptStatus::Succeeded
     );
     assert_eq!(proxy.run(&run_b).await.status(), pb::RunStatus::Dead);
-    assert_eq!(proxy.queue_len("outage.dead").await, 1);
+    assert_eq!(proxy.dead_letters("outage").await, 1);
 
     // Every kind, every form.
     assert_eq!(replay(&proxy, "", None).await, 1);
     proxy.run_in(&run_b, pb::RunStatus::Succeeded).await;
-    assert_eq!(proxy.queue_len("outage.dead").await, 0);
+    assert_eq!(proxy.dead_letters("outage").await, 0);
     assert_eq!(replay(&proxy, "", None).await, 0);
 
     assert_status(
@@ -185,21 +200,19 @@ async fn eventually_dead_after(proxy: &TestProxy, run_id: &str, attempts: u32) {
     .await;
 }
 
-#[tokio::test]
-async fn a_fatal_error_is_dead_after_one_attempt() {
-    let proxy = spawn_proxy().await;
+async fn a_fatal_error_is_dead_after_one_attempt(backend: Backend) {
+    let proxy = spawn_proxy(backend).await;
     let run_id = bind_and_submit(&proxy, "outage", json!({"fatal": true}), quick_retries(5)).await;
     let run = proxy.run_in(&run_id, pb::RunStatus::Dead).await;
     assert_eq!(run.attempts, 1);
     assert_eq!(run.error, "the service refuses this request");
     assert_eq!(statuses(&run), [pb::AttemptStatus::Failed]);
-    assert_eq!(proxy.queue_len("outage.dead").await, 1);
+    assert_eq!(proxy.dead_letters("outage").await, 1);
     proxy.stack.stop().await.unwrap();
 }
 
-#[tokio::test]
-async fn an_attempt_past_the_binding_timeout_times_out_and_is_retried() {
-    let proxy = spawn_proxy().await;
+async fn an_attempt_past_the_binding_timeout_times_out_and_is_retried(backend: Backend) {
+    let proxy = spawn_proxy(backend).await;
     let options = pb::BindingOptions {
         timeout: "100ms".into(),
         ..quick_retries(2)
@@ -212,9 +225,8 @@ async fn an_attempt_past_the_binding_timeout_times_out_and_is_retried() {
     proxy.stack.stop().await.unwrap();
 }
 
-#[tokio::test]
-async fn retry_run_requeues_a_dead_run_and_refuses_others() {
-    let proxy = spawn_proxy().await;
+async fn retry_run_requeues_a_dead_run_and_refuses_others(backend: Backend) {
+    let proxy = spawn_proxy(backend).await;
     let run_id = bind_and_submit(&proxy, "outage", json!({"fatal": true}), quick_retries(5)).await;
     proxy.run_in(&run_id, pb::RunStatus::Dead).await;
     proxy.service_up.store(true, Ordering::SeqCst);
@@ -266,9 +278,9 @@ async fn retry_run_requeues_a_dead_run_and_refuses_others() {
         "run_id `x` is not a UUID",
     );
     // The run's old letter is still in the dead-letter queue: a replay drops it.
-    assert_eq!(proxy.queue_len("outage.dead").await, 1);
+    assert_eq!(proxy.dead_letters("outage").await, 1);
     assert_eq!(replay(&proxy, "outage", None).await, 0);
-    assert_eq!(proxy.queue_len("outage.dead").await, 0);
+    assert_eq!(proxy.dead_letters("outage").await, 0);
 
     // A failed sync run has no job to queue.
     let form = Uuid::new_v4();
@@ -295,9 +307,8 @@ async fn retry_run_requeues_a_dead_run_and_refuses_others() {
     proxy.stack.stop().await.unwrap();
 }
 
-#[tokio::test]
-async fn binding_options_are_checked_shown_and_updated_field_by_field() {
-    let proxy = spawn_proxy().await;
+async fn binding_options_are_checked_shown_and_updated_field_by_field(backend: Backend) {
+    let proxy = spawn_proxy(backend).await;
     let mut admin = proxy.admin().await;
     let form = Uuid::new_v4();
     let create = |options: pb::BindingOptions| {
@@ -423,9 +434,8 @@ async fn binding_options_are_checked_shown_and_updated_field_by_field() {
     proxy.stack.stop().await.unwrap();
 }
 
-#[tokio::test]
-async fn webhook_that_answers_5xx_twice_succeeds_on_the_third_attempt() {
-    let proxy = spawn_proxy().await;
+async fn webhook_that_answers_5xx_twice_succeeds_on_the_third_attempt(backend: Backend) {
+    let proxy = spawn_proxy(backend).await;
     let receiver = WebhookReceiver::start().await;
     receiver.respond_with(&[500, 503]);
     let config = json!({"url": receiver.url, "secret": receiver.secret});
@@ -446,9 +456,8 @@ async fn webhook_that_answers_5xx_twice_succeeds_on_the_third_attempt() {
     proxy.stack.stop().await.unwrap();
 }
 
-#[tokio::test]
-async fn webhook_that_answers_4xx_is_dead_at_once_with_the_reason() {
-    let proxy = spawn_proxy().await;
+async fn webhook_that_answers_4xx_is_dead_at_once_with_the_reason(backend: Backend) {
+    let proxy = spawn_proxy(backend).await;
     let receiver = WebhookReceiver::start().await;
     receiver.respond_with(&[400]);
     let config = json!({"url": receiver.url, "secret": receiver.secret});
@@ -461,13 +470,12 @@ async fn webhook_that_answers_4xx_is_dead_at_once_with_the_reason() {
     );
     assert_eq!(run.attempts, 1);
     assert_eq!(receiver.deliveries().len(), 1);
-    assert_eq!(proxy.queue_len("webhook.dead").await, 1);
+    assert_eq!(proxy.dead_letters("webhook").await, 1);
     proxy.stack.stop().await.unwrap();
 }
 
-#[tokio::test]
-async fn a_job_taken_after_its_expiry_is_expired_and_not_run() {
-    let proxy = spawn_proxy().await;
+async fn a_job_taken_after_its_expiry_is_expired_and_not_run(backend: Backend) {
+    let proxy = spawn_proxy(backend).await;
     let options = pb::BindingOptions {
         expires_after: "1m".into(),
         ..Default::default()
@@ -490,7 +498,7 @@ async fn a_job_taken_after_its_expiry_is_expired_and_not_run() {
     assert_eq!(run.attempts, 0);
     assert!(run.attempt_history.is_empty());
     assert!(run.error.contains("expires_after"), "{}", run.error);
-    assert_eq!(proxy.queue_len("flaky").await, 0);
+    assert_eq!(proxy.queue("flaky").await.ready, 0);
 
     // A fresh submission runs.
     let fresh = proxy.submit(form, json!({})).await.remove(0);
@@ -530,9 +538,8 @@ async fn a_job_taken_after_its_expiry_is_expired_and_not_run() {
     proxy.stack.stop().await.unwrap();
 }
 
-#[tokio::test]
-async fn a_delayed_job_runs_no_earlier_than_its_delay_after_the_submission() {
-    let proxy = spawn_proxy().await;
+async fn a_delayed_job_runs_no_earlier_than_its_delay_after_the_submission(backend: Backend) {
+    let proxy = spawn_proxy(backend).await;
     let options = pb::BindingOptions {
         delay: "1500ms".into(),
         ..Default::default()
@@ -554,7 +561,7 @@ async fn a_delayed_job_runs_no_earlier_than_its_delay_after_the_submission() {
 
 #[tokio::test]
 async fn quorum_queues_carry_jobs_and_retries() {
-    let proxy = spawn_proxy_with(&["--quorum-queues"]).await;
+    let proxy = spawn_proxy_with(Backend::Postgres, &["--quorum-queues"]).await;
     let receiver = WebhookReceiver::start().await;
     receiver.respond_with(&[500]);
     let run_id = bind_and_submit(
@@ -567,16 +574,51 @@ async fn quorum_queues_carry_jobs_and_retries() {
     let run = proxy.run_in(&run_id, pb::RunStatus::Succeeded).await;
     assert_eq!(run.attempts, 2, "retried through the delay queue");
     // The work and dead-letter queues are quorum queues: declaring them classic is refused.
-    assert!(proxy.declare_as("webhook", "classic").await.is_err());
-    assert!(proxy.declare_as("webhook.dead", "classic").await.is_err());
-    assert!(proxy.declare_as("webhook", "quorum").await.is_ok());
+    let Resources::Postgres(_, broker) = &proxy.resources else {
+        unreachable!("a RabbitMQ test")
+    };
+    assert!(declare_as(broker, "webhook", "classic").await.is_err());
+    assert!(declare_as(broker, "webhook.dead", "classic").await.is_err());
+    assert!(declare_as(broker, "webhook", "quorum").await.is_ok());
     proxy.stack.stop().await.unwrap();
 }
 
-#[tokio::test]
-async fn an_expired_job_is_reported_to_the_operator_and_counted() {
+/// Declares `<prefix>.<suffix>` as a durable queue of `queue_type`: an error when the
+/// queue exists with another type.
+async fn declare_as(
+    broker: &postsub_testkit::TestBroker,
+    suffix: &str,
+    queue_type: &str,
+) -> Result<(), lapin::Error> {
+    use lapin::{
+        Connection, ConnectionProperties, options::QueueDeclareOptions, types::FieldTable,
+    };
+    let connection = Connection::connect(&broker.url, ConnectionProperties::default())
+        .await
+        .unwrap();
+    let channel = connection.create_channel().await.unwrap();
+    let mut arguments = FieldTable::default();
+    arguments.insert(
+        "x-queue-type".into(),
+        lapin::types::AMQPValue::LongString(queue_type.into()),
+    );
+    let declared = channel
+        .queue_declare(
+            format!("{}.{suffix}", broker.prefix).into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..QueueDeclareOptions::default()
+            },
+            arguments,
+        )
+        .await;
+    let _ = connection.close(200, "declared".into()).await;
+    declared.map(drop)
+}
+
+async fn an_expired_job_is_reported_to_the_operator_and_counted(backend: Backend) {
     let operator = WebhookReceiver::start().await;
-    let proxy = spawn_proxy_with(&["--expiry-webhook", &operator.url]).await;
+    let proxy = spawn_proxy_with(backend, &["--expiry-webhook", &operator.url]).await;
     let options = pb::BindingOptions {
         expires_after: "1m".into(),
         ..Default::default()

@@ -22,28 +22,41 @@
 //! worker's reconnect loop); queues are declared on first use on each connection.
 
 use std::{
-    collections::HashSet,
+    collections::{HashMap, HashSet},
     sync::{Arc, Mutex as SyncMutex},
     time::Duration,
 };
 
 use arc_swap::ArcSwapOption;
+use async_trait::async_trait;
+use chrono::Utc;
+use futures_util::{
+    StreamExt,
+    future::join_all,
+    stream::{SelectAll, select_all},
+};
 use lapin::{
-    BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, Consumer,
+    Acker, BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, Consumer,
     message::Delivery,
     options::{
-        BasicAckOptions, BasicConsumeOptions, BasicGetOptions, BasicPublishOptions,
-        BasicQosOptions, ConfirmSelectOptions, QueueDeclareOptions,
+        BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicGetOptions,
+        BasicNackOptions, BasicPublishOptions, BasicQosOptions, BasicRejectOptions,
+        ConfirmSelectOptions, QueueDeclareOptions,
     },
     types::{AMQPValue, FieldTable},
 };
 use tokio::sync::Mutex;
+use tokio_util::sync::CancellationToken;
 
-use crate::job::Job;
+use self::outbox::Outbox;
+use super::{DeadLetter, JobQueue, KindStats, NewJob, QueueError};
+use crate::{job::Job, recorder::Recorder};
 
-/// Why a queue operation did not go through.
+pub mod outbox;
+
+/// Why a RabbitMQ operation did not go through.
 #[derive(Debug, thiserror::Error)]
-pub enum QueueError {
+pub enum RabbitError {
     /// The broker could not be reached or the connection broke.
     #[error("RabbitMQ is unavailable: {0}")]
     Unavailable(#[from] lapin::Error),
@@ -70,6 +83,18 @@ enum Destination<'a> {
 /// The delay-queue bucket of a wait: the power of two of milliseconds at or above it.
 fn retry_bucket(delay: Duration) -> u64 {
     (delay.as_millis() as u64).max(1).next_power_of_two()
+}
+
+impl From<RabbitError> for QueueError {
+    fn from(err: RabbitError) -> Self {
+        QueueError(err.to_string())
+    }
+}
+
+impl From<lapin::Error> for QueueError {
+    fn from(err: lapin::Error) -> Self {
+        RabbitError::from(err).into()
+    }
 }
 
 /// Names and connection settings of the queues.
@@ -165,7 +190,7 @@ async fn send(
     queue: &str,
     body: &[u8],
     properties: BasicProperties,
-) -> Result<(), QueueError> {
+) -> Result<(), RabbitError> {
     let confirm = channel
         .basic_publish(
             "".into(),
@@ -180,8 +205,8 @@ async fn send(
         .await?;
     match confirm.await? {
         Confirmation::Ack(None) => Ok(()),
-        Confirmation::Ack(Some(_returned)) => Err(QueueError::Unroutable(queue.to_owned())),
-        Confirmation::Nack(_) | Confirmation::NotRequested => Err(QueueError::Nacked),
+        Confirmation::Ack(Some(_returned)) => Err(RabbitError::Unroutable(queue.to_owned())),
+        Confirmation::Nack(_) | Confirmation::NotRequested => Err(RabbitError::Nacked),
     }
 }
 
@@ -207,11 +232,11 @@ impl Publisher {
     }
 
     /// Connects now, so start-up fails early on a bad URL.
-    pub async fn connect(&self) -> Result<(), QueueError> {
+    pub async fn connect(&self) -> Result<(), RabbitError> {
         self.channel().await.map(drop)
     }
 
-    async fn channel(&self) -> Result<Arc<Channel>, QueueError> {
+    async fn channel(&self) -> Result<Arc<Channel>, RabbitError> {
         if let Some(channel) = self.channel.load_full()
             && channel.status().connected()
         {
@@ -250,7 +275,7 @@ impl Publisher {
         destination: Destination<'_>,
         body: &[u8],
         properties: BasicProperties,
-    ) -> Result<(), QueueError> {
+    ) -> Result<(), RabbitError> {
         let channel = self.channel().await?;
         let name = self.settings.name(destination);
         if !self.declared_names().contains(&name) {
@@ -258,14 +283,14 @@ impl Publisher {
             self.declared_names().insert(name.clone());
         }
         let sent = send(&channel, &name, body, properties).await;
-        if let Err(QueueError::Unroutable(_)) = &sent {
+        if let Err(RabbitError::Unroutable(_)) = &sent {
             self.declared_names().remove(&name);
         }
         sent
     }
 
     /// Publishes a job to its kind's work queue and waits for the broker's confirm.
-    pub async fn publish(&self, job: &Job) -> Result<(), QueueError> {
+    pub async fn publish(&self, job: &Job) -> Result<(), RabbitError> {
         self.publish_to(
             Destination::Work(&job.kind),
             &job.encode(),
@@ -276,7 +301,7 @@ impl Publisher {
 
     /// Publishes a job to wait `delay` in a delay queue, after which RabbitMQ moves it back
     /// to the work queue.
-    pub async fn publish_delayed(&self, job: &Job, delay: Duration) -> Result<(), QueueError> {
+    pub async fn publish_delayed(&self, job: &Job, delay: Duration) -> Result<(), RabbitError> {
         let delay = delay.max(Duration::from_millis(1));
         let properties = job_properties(job).with_expiration(delay.as_millis().to_string().into());
         self.publish_to(
@@ -294,7 +319,7 @@ impl Publisher {
         job: &Job,
         error: &str,
         attempts: i32,
-    ) -> Result<(), QueueError> {
+    ) -> Result<(), RabbitError> {
         let mut headers = FieldTable::default();
         headers.insert(
             "x-postsub-error".into(),
@@ -306,13 +331,13 @@ impl Publisher {
             .await
     }
 
-    /// Opens a session on a kind's dead-letter queue, on a channel of its own.
-    pub async fn dead_letters(&self, kind: &str) -> Result<DeadLetters, QueueError> {
+    /// Opens a channel of its own (connecting first if needed), in confirm mode.
+    async fn own_channel(&self) -> Result<Channel, RabbitError> {
         self.channel().await?;
         let channel = match self.connecting.lock().await.as_ref() {
             Some(connection) => connection.create_channel().await?,
             None => {
-                return Err(QueueError::Unavailable(lapin::Error::from(
+                return Err(RabbitError::Unavailable(lapin::Error::from(
                     lapin::ErrorKind::InvalidConnectionState(lapin::ConnectionState::Closed),
                 )));
             }
@@ -320,11 +345,7 @@ impl Publisher {
         channel
             .confirm_select(ConfirmSelectOptions::default())
             .await?;
-        Ok(DeadLetters {
-            channel,
-            settings: self.settings.clone(),
-            kind: kind.to_owned(),
-        })
+        Ok(channel)
     }
 
     /// Closes the connection.
@@ -336,39 +357,252 @@ impl Publisher {
     }
 }
 
+/// The job queue on RabbitMQ, with the outbox in PostgreSQL for when the broker is away.
+pub struct RabbitQueue {
+    settings: QueueSettings,
+    /// `Process`'s publishes (and re-queued runs).
+    publisher: Arc<Publisher>,
+    /// The worker's publishes to delay and dead-letter queues, on a connection of their
+    /// own so a busy worker does not slow `Process` down.
+    worker_publisher: Arc<Publisher>,
+    outbox: Outbox,
+    recorder: Recorder,
+}
+
+impl RabbitQueue {
+    /// The queues of `settings`, keeping jobs in `outbox` while RabbitMQ is away and
+    /// recording queued runs with `recorder`. Connects when first used.
+    pub fn new(settings: QueueSettings, outbox: Outbox, recorder: Recorder) -> Self {
+        Self {
+            publisher: Arc::new(Publisher::new(settings.clone())),
+            worker_publisher: Arc::new(Publisher::new(settings.clone())),
+            settings,
+            outbox,
+            recorder,
+        }
+    }
+
+    /// Queue names.
+    pub fn settings(&self) -> &QueueSettings {
+        &self.settings
+    }
+
+    /// Publishes one job of a `Process` call, or keeps it in the outbox while RabbitMQ
+    /// does not take it, then records its run.
+    async fn enqueue_one(&self, new: NewJob) -> Result<(), QueueError> {
+        let NewJob {
+            job,
+            run,
+            release_at,
+        } = new;
+        let published = match release_at.and_then(|at| (at - Utc::now()).to_std().ok()) {
+            Some(wait) => self.publisher.publish_delayed(&job, wait).await,
+            None => self.publisher.publish(&job).await,
+        };
+        if let Err(err) = published {
+            // RabbitMQ is away: keep the job in PostgreSQL for the relay.
+            self.outbox.keep(&job, release_at).await.map_err(|db| {
+                tracing::error!(error = %err, database = %db, run_id = %job.run_id,
+                    "neither RabbitMQ nor the outbox took a job");
+                QueueError(format!("{err}; the outbox is unavailable too: {db}"))
+            })?;
+            tracing::warn!(error = %err, run_id = %job.run_id, "RabbitMQ unavailable; job kept in the outbox");
+            metrics::counter!("postsub_jobs_kept_total", "kind" => job.kind.clone()).increment(1);
+        } else {
+            metrics::counter!("postsub_jobs_queued_total", "kind" => job.kind.clone()).increment(1);
+        }
+        // Handed over without waiting for the write; one lost at shutdown is only logged.
+        if self.recorder.record_queued(run).await.is_err() {
+            tracing::warn!("run recorder stopped before a run was recorded");
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl JobQueue for RabbitQueue {
+    async fn enqueue(&self, jobs: Vec<NewJob>) -> Result<(), QueueError> {
+        join_all(jobs.into_iter().map(|new| self.enqueue_one(new)))
+            .await
+            .into_iter()
+            .collect()
+    }
+
+    async fn connect(&self) -> Result<(), QueueError> {
+        Ok(self.publisher.connect().await?)
+    }
+
+    async fn publish(&self, job: &Job) -> Result<(), QueueError> {
+        Ok(self.publisher.publish(job).await?)
+    }
+
+    async fn consume(&self, prefetch: u16) -> Result<Box<dyn super::Consumer>, QueueError> {
+        let consuming = self.settings.consume(prefetch).await?;
+        Ok(Box::new(RabbitConsumer {
+            tags: consuming.consumers.iter().map(|c| c.tag()).collect(),
+            deliveries: select_all(consuming.consumers),
+            connection: consuming.connection,
+            channel: consuming.channel,
+            publisher: self.worker_publisher.clone(),
+        }))
+    }
+
+    async fn dead_letters(&self, kind: &str) -> Result<Box<dyn super::DeadLetters>, QueueError> {
+        Ok(Box::new(RabbitDeadLetters {
+            channel: self.publisher.own_channel().await?,
+            settings: self.settings.clone(),
+            kind: kind.to_owned(),
+            held: HashMap::new(),
+            next_tag: 0,
+        }))
+    }
+
+    async fn stats(&self) -> Result<Vec<KindStats>, QueueError> {
+        let channel = self.publisher.own_channel().await?;
+        let mut stats = Vec::with_capacity(self.settings.kinds.len());
+        for kind in &self.settings.kinds {
+            let work = self
+                .settings
+                .declare(&channel, Destination::Work(kind))
+                .await?;
+            let dead = self
+                .settings
+                .declare(&channel, Destination::Dead(kind))
+                .await?;
+            // AMQP reports ready messages and consumers; what workers hold unacked, what
+            // waits in the delay queues and the age of messages only the management API
+            // knows.
+            stats.push(KindStats {
+                kind: kind.clone(),
+                ready: u64::from(work.message_count()),
+                in_flight: None,
+                waiting: None,
+                dead: u64::from(dead.message_count()),
+                consumers: Some(u64::from(work.consumer_count())),
+                oldest_ready: None,
+            });
+        }
+        let _ = channel.close(200, "counted".into()).await;
+        Ok(stats)
+    }
+
+    async fn relay(&self, shutdown: CancellationToken) {
+        self.outbox
+            .clone()
+            .relay(self.publisher.clone(), shutdown)
+            .await;
+    }
+
+    async fn close(&self) {
+        self.publisher.close().await;
+        self.worker_publisher.close().await;
+    }
+}
+
+/// A worker's consumers: one channel, one consumer per kind's work queue.
+struct RabbitConsumer {
+    connection: Connection,
+    channel: Channel,
+    tags: Vec<lapin::types::ShortString>,
+    deliveries: SelectAll<Consumer>,
+    publisher: Arc<Publisher>,
+}
+
+#[async_trait]
+impl super::Consumer for RabbitConsumer {
+    async fn next(&mut self) -> Result<super::Delivery, QueueError> {
+        match self.deliveries.next().await {
+            Some(Ok(delivery)) => Ok(super::Delivery {
+                body: delivery.data,
+                redelivered: delivery.redelivered,
+                origin: delivery.routing_key.to_string(),
+                settle: Box::new(RabbitSettle {
+                    acker: delivery.acker,
+                    publisher: self.publisher.clone(),
+                }),
+            }),
+            Some(Err(err)) => Err(err.into()),
+            None => Err(QueueError("RabbitMQ closed the consumers".into())),
+        }
+    }
+
+    async fn cancel(&mut self) {
+        for tag in &self.tags {
+            let _ = self
+                .channel
+                .basic_cancel(tag.clone(), BasicCancelOptions::default())
+                .await;
+        }
+    }
+
+    async fn close(self: Box<Self>) {
+        let _ = self.channel.close(200, "worker stopping".into()).await;
+        let _ = self.connection.close(200, "worker stopping".into()).await;
+    }
+}
+
+/// An ack, nack or reject; one the acker had already sent counts as done.
+fn settled(result: lapin::Result<bool>) -> Result<(), QueueError> {
+    result.map(drop).map_err(QueueError::from)
+}
+
+/// Settles a delivery with its acker; moves jobs on with the worker's publisher.
+struct RabbitSettle {
+    acker: Acker,
+    publisher: Arc<Publisher>,
+}
+
+#[async_trait]
+impl super::Settle for RabbitSettle {
+    async fn ack(&self) -> Result<(), QueueError> {
+        settled(self.acker.ack(BasicAckOptions::default()).await)
+    }
+
+    async fn requeue(&self) -> Result<(), QueueError> {
+        let options = BasicNackOptions {
+            requeue: true,
+            ..BasicNackOptions::default()
+        };
+        settled(self.acker.nack(options).await)
+    }
+
+    async fn reject(&self) -> Result<(), QueueError> {
+        settled(
+            self.acker
+                .reject(BasicRejectOptions { requeue: false })
+                .await,
+        )
+    }
+
+    async fn retry_later(&self, job: &Job, delay: Duration) -> Result<(), QueueError> {
+        Ok(self.publisher.publish_delayed(job, delay).await?)
+    }
+
+    async fn dead_letter(&self, job: &Job, error: &str, attempts: i32) -> Result<(), QueueError> {
+        Ok(self.publisher.publish_dead(job, error, attempts).await?)
+    }
+}
+
 /// A session on one kind's dead-letter queue, on its own channel. A letter taken is held
 /// (unacked) until it is forwarded, put back or discarded; whatever is still held when the
 /// session closes, or its connection breaks, RabbitMQ returns to the queue.
-pub struct DeadLetters {
+struct RabbitDeadLetters {
     channel: Channel,
     settings: QueueSettings,
     kind: String,
+    held: HashMap<u64, Delivery>,
+    next_tag: u64,
 }
 
-impl DeadLetters {
-    /// Messages in the queue now (those this session holds not counted).
-    pub async fn count(&self) -> Result<u32, QueueError> {
-        let queue = self
-            .settings
-            .declare(&self.channel, Destination::Dead(&self.kind))
-            .await?;
-        Ok(queue.message_count())
-    }
-
-    /// Takes the letter at the head of the queue; `None` when it is empty.
-    pub async fn take(&self) -> Result<Option<Delivery>, QueueError> {
-        let message = self
-            .channel
-            .basic_get(
-                self.settings.dead_queue_name(&self.kind).into(),
-                BasicGetOptions { no_ack: false },
-            )
-            .await?;
-        Ok(message.map(|message| message.delivery))
+impl RabbitDeadLetters {
+    fn release(&mut self, letter: &DeadLetter) -> Result<Delivery, QueueError> {
+        self.held
+            .remove(&letter.tag)
+            .ok_or_else(|| QueueError("this dead letter is not held by the session".into()))
     }
 
     /// Publishes `job` to the work queue in place of `letter`, then lets the letter go.
-    pub async fn forward(&self, letter: &Delivery, job: &Job) -> Result<(), QueueError> {
+    async fn forward_one(&mut self, letter: &DeadLetter, job: &Job) -> Result<(), QueueError> {
         send(
             &self.channel,
             &self.settings.queue_name(&self.kind),
@@ -376,29 +610,72 @@ impl DeadLetters {
             job_properties(job),
         )
         .await?;
-        self.discard(letter).await
+        let delivery = self.release(letter)?;
+        settled(delivery.acker.ack(BasicAckOptions::default()).await)
+    }
+}
+
+#[async_trait]
+impl super::DeadLetters for RabbitDeadLetters {
+    async fn count(&mut self) -> Result<u64, QueueError> {
+        let queue = self
+            .settings
+            .declare(&self.channel, Destination::Dead(&self.kind))
+            .await?;
+        Ok(u64::from(queue.message_count()))
     }
 
-    /// Puts `letter` back at the tail of the queue, as it was.
-    pub async fn put_back(&self, letter: &Delivery) -> Result<(), QueueError> {
-        send(
-            &self.channel,
-            &self.settings.dead_queue_name(&self.kind),
-            &letter.data,
-            letter.properties.clone(),
-        )
-        .await?;
-        self.discard(letter).await
+    async fn take(&mut self) -> Result<Option<DeadLetter>, QueueError> {
+        let message = self
+            .channel
+            .basic_get(
+                self.settings.dead_queue_name(&self.kind).into(),
+                BasicGetOptions { no_ack: false },
+            )
+            .await?;
+        Ok(message.map(|message| {
+            self.next_tag += 1;
+            let letter = DeadLetter {
+                body: message.delivery.data.clone(),
+                tag: self.next_tag,
+            };
+            self.held.insert(self.next_tag, message.delivery);
+            letter
+        }))
     }
 
-    /// Removes `letter` from the queue for good.
-    pub async fn discard(&self, letter: &Delivery) -> Result<(), QueueError> {
-        letter.acker.ack(BasicAckOptions::default()).await?;
+    async fn forward(
+        &mut self,
+        letters: Vec<(DeadLetter, Job)>,
+    ) -> Result<(), (usize, QueueError)> {
+        for (sent, (letter, job)) in letters.iter().enumerate() {
+            self.forward_one(letter, job)
+                .await
+                .map_err(|err| (sent, err))?;
+        }
         Ok(())
     }
 
-    /// Ends the session; letters still held go back to the queue.
-    pub async fn close(self) {
+    /// Puts the letter back at the tail of the queue, as it was (a `basic_get` cannot
+    /// leave it in place while the session takes the ones behind it).
+    async fn put_back(&mut self, letter: DeadLetter) -> Result<(), QueueError> {
+        let delivery = self.release(&letter)?;
+        send(
+            &self.channel,
+            &self.settings.dead_queue_name(&self.kind),
+            &delivery.data,
+            delivery.properties.clone(),
+        )
+        .await?;
+        settled(delivery.acker.ack(BasicAckOptions::default()).await)
+    }
+
+    async fn discard(&mut self, letter: DeadLetter) -> Result<(), QueueError> {
+        let delivery = self.release(&letter)?;
+        settled(delivery.acker.ack(BasicAckOptions::default()).await)
+    }
+
+    async fn close(self: Box<Self>) {
         let _ = self
             .channel
             .close(200, "dead letters replayed".into())
@@ -407,19 +684,16 @@ impl DeadLetters {
 }
 
 /// A consuming connection: one channel, one consumer per kind's queue.
-pub struct Consuming {
-    /// Kept to close it on shutdown.
-    pub connection: Connection,
-    /// The channel the consumers and acks use.
-    pub channel: Channel,
-    /// One consumer per task kind.
-    pub consumers: Vec<Consumer>,
+struct Consuming {
+    connection: Connection,
+    channel: Channel,
+    consumers: Vec<Consumer>,
 }
 
 impl QueueSettings {
     /// Connects, declares every kind's work and dead-letter queues, and starts consuming
     /// the work queues with at most `prefetch` unacknowledged jobs per queue.
-    pub async fn consume(&self, prefetch: u16) -> Result<Consuming, lapin::Error> {
+    async fn consume(&self, prefetch: u16) -> Result<Consuming, lapin::Error> {
         let connection = self.connect().await?;
         let channel = connection.create_channel().await?;
         for kind in &self.kinds {

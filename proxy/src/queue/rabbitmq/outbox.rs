@@ -1,5 +1,6 @@
 //! The outbox: jobs `Process` could not hand to RabbitMQ wait in PostgreSQL (`outbox`) until
-//! a relay publishes them.
+//! a relay publishes them. Part of the RabbitMQ backend, which always pairs with the
+//! PostgreSQL store.
 //!
 //! `Process` publishes straight to RabbitMQ as long as it can. When the broker is
 //! unreachable or does not confirm, the job is written here instead and `Process` answers as
@@ -15,7 +16,8 @@ use sqlx::{PgPool, types::Json};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::{job::Job, queue::Publisher};
+use super::Publisher;
+use crate::job::Job;
 
 /// Jobs the relay takes per transaction.
 const BATCH: i64 = 100;

@@ -1,0 +1,455 @@
+//! The `Store` seam: everything postsub keeps in its database, behind one trait.
+//!
+//! Bindings (and the feed that tells the binding cache to reload), the run history (the
+//! recorder's batches, the worker's claims, re-queuing), the job stored with each async
+//! run, and the tasks' per-binding state. Above this seam no code names a database; below
+//! it are two backends, chosen by the database URL (see [`crate::backend`]):
+//!
+//! - [`postgres`]: PostgreSQL (with RabbitMQ as the queue), for everything past one machine.
+//! - [`sqlite`]: one SQLite file, which also holds the embedded job queue, for a first run
+//!   with nothing installed and for one-machine deployments.
+//!
+//! Both keep the same tables and the same guarantees: idempotency by unique keys and
+//! `ON CONFLICT` on the deterministic run id, never by read-then-write, and one statement
+//! (or transaction) per history batch. One contract test suite runs against both.
+
+pub mod postgres;
+pub mod sqlite;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use postsub_tasks::{Flag, Mode, TaskState};
+use serde_json::Value;
+use sqlx::types::Json;
+use uuid::Uuid;
+
+use crate::{
+    job::Job,
+    options::BindingOptions,
+    run::{Attempt, AttemptStatus, Run, RunStatus},
+};
+
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database refused the statement or could not be reached.
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+    /// A write was made, but the transaction it shared with others did not commit.
+    #[error("the write was not committed: {0}")]
+    NotCommitted(String),
+    /// The store was closed (shutdown).
+    #[error("the database is closed")]
+    Closed,
+}
+
+impl StoreError {
+    /// Whether a unique constraint refused the write (a binding name taken on its form).
+    pub fn is_unique_violation(&self) -> bool {
+        matches!(self, StoreError::Database(err)
+            if err.as_database_error().is_some_and(|db| db.is_unique_violation()))
+    }
+}
+
+/// Result of a store operation.
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// A task bound to a form, as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Binding {
+    /// Binding id.
+    pub id: Uuid,
+    /// The form whose submissions run the task.
+    pub form_id: Uuid,
+    /// Unique per form; shown in results.
+    pub name: String,
+    /// Task kind in the registry.
+    pub kind: String,
+    /// Inline or queued.
+    pub mode: Mode,
+    /// Kind-specific config, checked by the kind before it is stored.
+    pub config: Value,
+    /// Disabled bindings are kept but do not run.
+    pub enabled: bool,
+    /// Retries, timeout and scheduling.
+    pub options: BindingOptions,
+    /// When created.
+    pub created_at: DateTime<Utc>,
+    /// When last changed.
+    pub updated_at: DateTime<Utc>,
+}
+
+/// What a new binding consists of.
+#[derive(Debug, Clone)]
+pub struct NewBinding {
+    /// See [`Binding::form_id`].
+    pub form_id: Uuid,
+    /// See [`Binding::name`].
+    pub name: String,
+    /// See [`Binding::kind`].
+    pub kind: String,
+    /// See [`Binding::mode`].
+    pub mode: Mode,
+    /// See [`Binding::config`].
+    pub config: Value,
+    /// See [`Binding::enabled`].
+    pub enabled: bool,
+    /// See [`Binding::options`].
+    pub options: BindingOptions,
+}
+
+/// How a batch of run records is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunWrite {
+    /// Insert unless the run exists: a `queued` record must never overwrite what a worker
+    /// already wrote about the same run.
+    InsertIfAbsent,
+    /// Insert or overwrite the run's state (the attempt count never goes down, the stored
+    /// job never changes).
+    Upsert,
+}
+
+/// Filters of [`Store::list_runs`]; each applies when set.
+#[derive(Debug, Clone, Default)]
+pub struct RunFilter {
+    /// Runs of this form.
+    pub form_id: Option<Uuid>,
+    /// Runs of this submission.
+    pub submission_id: Option<Uuid>,
+    /// Runs of this binding.
+    pub binding_id: Option<Uuid>,
+    /// Runs in this status.
+    pub status: Option<RunStatus>,
+    /// Runs created at or after.
+    pub created_after: Option<DateTime<Utc>>,
+    /// Runs created before.
+    pub created_before: Option<DateTime<Utc>>,
+    /// Runs strictly older than this `(created_at, run_id)`: where the previous page ended.
+    pub after_key: Option<(DateTime<Utc>, Uuid)>,
+}
+
+/// Tells the binding cache when to reload.
+#[async_trait]
+pub trait ChangeFeed: Send {
+    /// Returns when bindings may have changed since the last call: a change was announced,
+    /// or the feed reconnected and may have missed one. An error means the feed is lost
+    /// (open a new one).
+    async fn changed(&mut self) -> StoreResult<()>;
+}
+
+/// postsub's database. Every method is one round trip or one transaction; none holds a
+/// lock across a caller's `await`.
+///
+/// The tasks' per-binding state ([`TaskState`]) lives here too, so an `Arc<dyn Store>` is
+/// also what tasks get as their state.
+#[async_trait]
+pub trait Store: TaskState + Send + Sync {
+    /// Every binding, oldest first (the order results are reported in).
+    async fn all_bindings(&self) -> StoreResult<Vec<Binding>>;
+
+    /// Bindings of one form, oldest first.
+    async fn form_bindings(&self, form_id: Uuid) -> StoreResult<Vec<Binding>>;
+
+    /// One binding.
+    async fn get_binding(&self, id: Uuid) -> StoreResult<Option<Binding>>;
+
+    /// Stores a new binding. A second binding of the same name on one form is a unique
+    /// violation ([`StoreError::is_unique_violation`]).
+    async fn insert_binding(&self, new: NewBinding) -> StoreResult<Binding>;
+
+    /// Writes a changed binding (all fields but the id and timestamps); `None` when it is
+    /// gone.
+    async fn update_binding(&self, binding: &Binding) -> StoreResult<Option<Binding>>;
+
+    /// Deletes a binding; its runs stay in the history. False when there was none.
+    async fn delete_binding(&self, id: Uuid) -> StoreResult<bool>;
+
+    /// A feed of binding changes, made by any process on this database.
+    async fn binding_changes(&self) -> StoreResult<Box<dyn ChangeFeed>>;
+
+    /// Writes a batch of the run history at once (one statement or one transaction): run
+    /// records, each inserted or upserted as its [`RunWrite`] says, and attempt records,
+    /// which refer to runs of the same batch or older ones. A run may appear only once.
+    /// Writing a batch again (retried after an error) changes nothing more.
+    async fn write_history(
+        &self,
+        runs: &[(Run, RunWrite)],
+        attempts: &[Attempt],
+    ) -> StoreResult<()>;
+
+    /// Marks a run `running` for a new attempt and returns the attempt number, or `None`
+    /// when the run may not start: it already finished, or another worker holds it. A
+    /// redelivered job may take over a `running` run, since the worker that held it is
+    /// gone. Stores `job` as the run's input when it has none yet.
+    async fn claim_run(&self, run: &Run, job: &Job, redelivered: bool) -> StoreResult<Option<i32>>;
+
+    /// Marks a run `expired` with `error` instead of starting it, when [`Store::claim_run`]
+    /// could have started it; false when it may not be taken.
+    async fn expire_run(
+        &self,
+        run: &Run,
+        job: &Job,
+        redelivered: bool,
+        error: &str,
+    ) -> StoreResult<bool>;
+
+    /// Puts the given async runs that are in one of `from` back to `queued` for a new
+    /// round, and returns those it changed with their attempt counts.
+    async fn requeue_runs(
+        &self,
+        run_ids: &[Uuid],
+        from: &[RunStatus],
+    ) -> StoreResult<Vec<(Uuid, i32)>>;
+
+    /// Sets runs that [`Store::requeue_runs`] queued, but whose job could not be queued,
+    /// back to `status`; a run a worker took meanwhile is left alone.
+    async fn unqueue_runs(&self, run_ids: &[Uuid], status: RunStatus) -> StoreResult<()>;
+
+    /// The job stored with an async run when a worker first took it, so `postsub runs
+    /// retry` can queue it again; `None` for sync runs and runs no worker took yet.
+    async fn run_input(&self, run_id: Uuid) -> StoreResult<Option<Job>>;
+
+    /// One run.
+    async fn get_run(&self, run_id: Uuid) -> StoreResult<Option<Run>>;
+
+    /// Every attempt of a run, oldest first. A sync run that succeeded has no attempt row
+    /// (the run row holds all of it), so its one attempt is derived from the run.
+    async fn run_attempts(&self, run: &Run) -> StoreResult<Vec<Attempt>>;
+
+    /// Runs matching `filter`, newest first, at most `limit`.
+    async fn list_runs(&self, filter: &RunFilter, limit: i64) -> StoreResult<Vec<Run>>;
+
+    /// Answers when the database does (readiness).
+    async fn ping(&self) -> StoreResult<()>;
+
+    /// Closes the connections, after the last write.
+    async fn close(&self);
+}
+
+// Row types shared by both backends: sqlx decodes them from either.
+
+#[derive(sqlx::FromRow)]
+struct BindingRow {
+    id: Uuid,
+    form_id: Uuid,
+    name: String,
+    kind: String,
+    mode: String,
+    config: Json<Value>,
+    enabled: bool,
+    options: Json<BindingOptions>,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+}
+
+fn mode_from_column(mode: &str) -> Mode {
+    // The column's CHECK constraint allows only the two modes.
+    if mode == "sync" {
+        Mode::Sync
+    } else {
+        Mode::Async
+    }
+}
+
+impl From<BindingRow> for Binding {
+    fn from(row: BindingRow) -> Self {
+        Binding {
+            id: row.id,
+            form_id: row.form_id,
+            name: row.name,
+            kind: row.kind,
+            mode: mode_from_column(&row.mode),
+            config: row.config.0,
+            enabled: row.enabled,
+            options: row.options.0,
+            created_at: row.created_at,
+            updated_at: row.updated_at,
+        }
+    }
+}
+
+const BINDING_COLUMNS: &str =
+    "id, form_id, name, kind, mode, config, enabled, options, created_at, updated_at";
+
+#[derive(sqlx::FromRow)]
+struct RunRow {
+    run_id: Uuid,
+    binding_id: Uuid,
+    form_id: Uuid,
+    submission_id: Uuid,
+    kind: String,
+    mode: String,
+    status: String,
+    attempts: i32,
+    output: Option<Json<Value>>,
+    flags: Json<Vec<Flag>>,
+    error: Option<String>,
+    created_at: DateTime<Utc>,
+    started_at: Option<DateTime<Utc>>,
+    finished_at: Option<DateTime<Utc>>,
+    updated_at: DateTime<Utc>,
+}
+
+impl From<RunRow> for Run {
+    fn from(row: RunRow) -> Self {
+        Run {
+            run_id: row.run_id,
+            binding_id: row.binding_id,
+            form_id: row.form_id,
+            submission_id: row.submission_id,
+            kind: row.kind,
+            mode: mode_from_column(&row.mode),
+            status: row.status.parse().unwrap_or(RunStatus::Failed),
+            attempts: row.attempts,
+            output: row.output.map(|j| j.0),
+            flags: row.flags.0,
+            error: row.error,
+            created_at: row.created_at,
+            started_at: row.started_at,
+            finished_at: row.finished_at,
+            updated_at: Some(row.updated_at),
+        }
+    }
+}
+
+const RUN_COLUMNS: &str = "run_id, binding_id, form_id, submission_id, kind, mode, status, \
+    attempts, output, flags, error, created_at, started_at, finished_at, updated_at";
+
+#[derive(sqlx::FromRow)]
+struct AttemptRow {
+    run_id: Uuid,
+    attempt: i32,
+    status: String,
+    error: Option<String>,
+    started_at: DateTime<Utc>,
+    finished_at: DateTime<Utc>,
+}
+
+const ATTEMPT_COLUMNS: &str = "run_id, attempt, status, error, started_at, finished_at";
+
+/// The attempts of `run` from its rows, oldest first; for a sync run that succeeded, which
+/// has none, the one attempt its row describes.
+fn attempts_of(run: &Run, rows: Vec<AttemptRow>) -> Vec<Attempt> {
+    if rows.is_empty()
+        && run.mode == Mode::Sync
+        && run.status == RunStatus::Succeeded
+        && let (Some(started_at), Some(finished_at)) = (run.started_at, run.finished_at)
+    {
+        return vec![Attempt {
+            run_id: run.run_id,
+            attempt: 1,
+            status: AttemptStatus::Succeeded,
+            error: None,
+            started_at,
+            finished_at,
+        }];
+    }
+    rows.into_iter()
+        .map(|row| Attempt {
+            run_id: row.run_id,
+            attempt: row.attempt,
+            // The column's CHECK constraint allows only the four statuses.
+            status: AttemptStatus::from_name(&row.status).unwrap_or(AttemptStatus::Failed),
+            error: row.error,
+            started_at: row.started_at,
+            finished_at: row.finished_at,
+        })
+        .collect()
+}
+
+/// The `SELECT` of [`Store::list_runs`], in either backend's dialect (the builder writes
+/// each one's placeholders).
+fn list_runs_query<'a, DB>(filter: &RunFilter, limit: i64) -> sqlx::QueryBuilder<DB>
+where
+    DB: sqlx::Database,
+    Uuid: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+    &'a str: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+    DateTime<Utc>: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+    i64: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+{
+    let mut query =
+        sqlx::QueryBuilder::new(format!("SELECT {RUN_COLUMNS} FROM task_runs WHERE 1 = 1"));
+    if let Some(form_id) = filter.form_id {
+        query.push(" AND form_id = ").push_bind(form_id);
+    }
+    if let Some(submission_id) = filter.submission_id {
+        query.push(" AND submission_id = ").push_bind(submission_id);
+    }
+    if let Some(binding_id) = filter.binding_id {
+        query.push(" AND binding_id = ").push_bind(binding_id);
+    }
+    if let Some(status) = filter.status {
+        query.push(" AND status = ").push_bind(status.as_str());
+    }
+    if let Some(after) = filter.created_after {
+        query.push(" AND created_at >= ").push_bind(after);
+    }
+    if let Some(before) = filter.created_before {
+        query.push(" AND created_at < ").push_bind(before);
+    }
+    if let Some((created_at, run_id)) = filter.after_key {
+        query
+            .push(" AND (created_at, run_id) < (")
+            .push_bind(created_at)
+            .push(", ")
+            .push_bind(run_id)
+            .push(")");
+    }
+    query
+        .push(" ORDER BY created_at DESC, run_id DESC LIMIT ")
+        .push_bind(limit);
+    query
+}
+
+/// Where a database's schema stands against the migrations of this build.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Schema {
+    /// Not migrated at all.
+    Empty,
+    /// Migrated by an older postsub: some migrations are pending.
+    Behind,
+    /// Every migration applied.
+    Current,
+}
+
+impl Schema {
+    /// Whether `postsub migrate` has work to do.
+    fn is_behind(self) -> bool {
+        self != Schema::Current
+    }
+}
+
+/// Compares the versions applied to a database (`what`, for messages) with those
+/// `migrator` knows, refusing a database it must not touch: one whose migrations are not
+/// postsub's, or one migrated by a newer postsub.
+fn check_schema(
+    applied: &[i64],
+    migrator: &sqlx::migrate::Migrator,
+    what: &str,
+) -> anyhow::Result<Schema> {
+    let known: std::collections::HashSet<i64> = migrator.iter().map(|m| m.version).collect();
+    let unknown: Vec<i64> = applied
+        .iter()
+        .copied()
+        .filter(|v| !known.contains(v))
+        .collect();
+    if let Some(newest) = unknown.iter().max() {
+        if unknown.len() == applied.len() {
+            anyhow::bail!(
+                "{what} is not a postsub database (it holds migrations postsub does not know); \
+                 refusing to change it: point DATABASE_URL at another database"
+            );
+        }
+        anyhow::bail!(
+            "{what} was migrated by a newer postsub (migration {newest}); refusing to use it: \
+             run that version of postsub, or point DATABASE_URL at another database"
+        );
+    }
+    Ok(if applied.is_empty() {
+        Schema::Empty
+    } else if applied.len() < known.len() {
+        Schema::Behind
+    } else {
+        Schema::Current
+    })
+}

@@ -1,0 +1,492 @@
+//! The PostgreSQL store: bindings, the run history and task state over a pool.
+//!
+//! Binding changes are announced by a trigger (`NOTIFY postsub_bindings`) and followed with
+//! `LISTEN`. A history batch is one statement (`UNNEST` of column arrays) over a connection
+//! held from batch to batch. Idempotency lives in the SQL (`ON CONFLICT` on the
+//! deterministic run id), never in a read-then-write.
+
+use std::{sync::LazyLock, time::Duration};
+
+use anyhow::Context as _;
+use async_trait::async_trait;
+use postsub_tasks::{StateError, TaskState};
+use serde_json::Value;
+use sqlx::{
+    PgPool, Postgres,
+    migrate::{MigrateDatabase, Migrator},
+    pool::PoolConnection,
+    postgres::{PgListener, PgPoolOptions},
+    types::Json,
+};
+use tokio::sync::Mutex;
+use uuid::Uuid;
+
+use super::{
+    ATTEMPT_COLUMNS, AttemptRow, BINDING_COLUMNS, Binding, BindingRow, ChangeFeed, NewBinding,
+    RUN_COLUMNS, RunFilter, RunRow, RunWrite, Store, StoreResult, attempts_of, check_schema,
+    list_runs_query,
+};
+use crate::{
+    job::Job,
+    queue::rabbitmq::outbox::Outbox,
+    run::{Attempt, Run, RunStatus},
+};
+
+static MIGRATOR: Migrator = sqlx::migrate!("../migrations/postgres");
+
+/// The channel the `bindings_changed` trigger notifies.
+const CHANNEL: &str = "postsub_bindings";
+
+/// postsub's PostgreSQL database.
+pub struct PgStore {
+    pool: PgPool,
+    /// The run recorder's connection, held from batch to batch: taking one from the pool
+    /// for every batch would cost a round trip more each time (sqlx pings a connection
+    /// before handing it out). Only the recorder's one writer task uses it.
+    history: Mutex<Option<PoolConnection<Postgres>>>,
+}
+
+impl PgStore {
+    /// Creates the database if it does not exist and applies every pending migration.
+    pub async fn migrate(database_url: &str) -> anyhow::Result<()> {
+        if !Postgres::database_exists(database_url)
+            .await
+            .context("cannot reach PostgreSQL (DATABASE_URL)")?
+        {
+            Postgres::create_database(database_url)
+                .await
+                .context("creating the database")?;
+            tracing::info!("created the database");
+        }
+        let pool = connect(database_url).await?;
+        check_schema(&applied_migrations(&pool).await?, &MIGRATOR, "the database")?;
+        MIGRATOR.run(&pool).await.context("applying migrations")?;
+        pool.close().await;
+        Ok(())
+    }
+
+    /// Connects to a migrated database, so `serve` and `worker` say what to do instead of
+    /// failing on the first query.
+    pub async fn connect_migrated(database_url: &str) -> anyhow::Result<Self> {
+        let pool = connect(database_url).await?;
+        if check_schema(&applied_migrations(&pool).await?, &MIGRATOR, "the database")?.is_behind() {
+            anyhow::bail!(
+                "the database has no postsub schema, or an older one: run `postsub migrate` first"
+            );
+        }
+        Ok(Self {
+            pool,
+            history: Mutex::new(None),
+        })
+    }
+
+    /// The outbox in this database, where jobs wait while RabbitMQ is away.
+    pub fn outbox(&self) -> Outbox {
+        Outbox::new(self.pool.clone())
+    }
+}
+
+/// Connects a pool, failing fast when PostgreSQL does not answer.
+async fn connect(database_url: &str) -> anyhow::Result<PgPool> {
+    PgPoolOptions::new()
+        // The run recorder holds one of them.
+        .max_connections(17)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect(database_url)
+        .await
+        .context("cannot connect to PostgreSQL (DATABASE_URL)")
+}
+
+/// The migrations applied to the database; empty when none ever were.
+async fn applied_migrations(pool: &PgPool) -> anyhow::Result<Vec<i64>> {
+    let exists: Option<String> = sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations')::text")
+        .fetch_one(pool)
+        .await
+        .context("reading the schema version")?;
+    if exists.is_none() {
+        return Ok(Vec::new());
+    }
+    sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success ORDER BY version")
+        .fetch_all(pool)
+        .await
+        .context("reading the schema version")
+}
+
+/// [`ChangeFeed`] over `LISTEN postsub_bindings`.
+struct Listener(PgListener);
+
+#[async_trait]
+impl ChangeFeed for Listener {
+    async fn changed(&mut self) -> StoreResult<()> {
+        match self.0.try_recv().await? {
+            // One reload covers every change queued so far.
+            Some(_) => while self.0.next_buffered().is_some() {},
+            // The connection dropped; the listener reconnects on the next call, and
+            // notifications sent meanwhile are lost: the caller reloads.
+            None => tracing::info!("binding change listener reconnecting"),
+        }
+        Ok(())
+    }
+}
+
+/// Who may take a run ($8: the message was redelivered): nobody has yet (`queued`), or the
+/// worker that held it is gone (a redelivered message finds it `running`).
+const TAKEABLE: &str = "task_runs.status = 'queued' OR (task_runs.status = 'running' AND $8)";
+
+impl PgStore {
+    /// Runs one of the statements that take a run, with their shared parameters.
+    async fn take_run(
+        &self,
+        sql: String,
+        run: &Run,
+        job: &Job,
+        redelivered: bool,
+        error: Option<&str>,
+    ) -> StoreResult<Option<i32>> {
+        Ok(sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+            .bind(run.run_id)
+            .bind(run.binding_id)
+            .bind(run.form_id)
+            .bind(run.submission_id)
+            .bind(&run.kind)
+            .bind(run.mode.as_str())
+            .bind(run.created_at)
+            .bind(redelivered)
+            .bind(Json(job))
+            .bind(error)
+            .fetch_optional(&self.pool)
+            .await?)
+    }
+}
+
+/// The history batch statement: runs and attempts from column arrays, in one round trip.
+static HISTORY_SQL: LazyLock<String> = LazyLock::new(|| {
+    const COLUMNS: &str = "run_id, binding_id, form_id, submission_id, kind, mode, status,
+        attempts, output, flags, error, created_at, started_at, finished_at";
+    const VALUES: &str = "run_id, binding_id, form_id, submission_id, kind, mode, status,
+        attempts, output::jsonb, flags::jsonb, error, created_at, started_at, finished_at";
+    format!(
+        "WITH r AS (
+            SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::uuid[], $4::uuid[], $5::text[],
+                $6::text[], $7::text[], $8::int4[], $9::text[], $10::text[], $11::text[],
+                $12::timestamptz[], $13::timestamptz[], $14::timestamptz[], $15::bool[])
+            AS r({COLUMNS}, overwrite)
+         ),
+         inserted AS (
+            INSERT INTO task_runs ({COLUMNS}) SELECT {VALUES} FROM r WHERE NOT overwrite
+            ON CONFLICT (run_id) DO NOTHING
+         ),
+         upserted AS (
+            INSERT INTO task_runs ({COLUMNS}) SELECT {VALUES} FROM r WHERE overwrite
+            ON CONFLICT (run_id) DO UPDATE SET status = EXCLUDED.status,
+                attempts = GREATEST(task_runs.attempts, EXCLUDED.attempts),
+                output = EXCLUDED.output, flags = EXCLUDED.flags, error = EXCLUDED.error,
+                started_at = COALESCE(EXCLUDED.started_at, task_runs.started_at),
+                finished_at = EXCLUDED.finished_at, updated_at = now()
+         )
+         INSERT INTO task_attempts (run_id, attempt, status, error, started_at, finished_at)
+         SELECT * FROM UNNEST($16::uuid[], $17::int4[], $18::text[], $19::text[],
+            $20::timestamptz[], $21::timestamptz[])
+         ON CONFLICT (run_id, attempt) DO NOTHING"
+    )
+});
+
+#[async_trait]
+impl Store for PgStore {
+    async fn all_bindings(&self) -> StoreResult<Vec<Binding>> {
+        let rows: Vec<BindingRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT {BINDING_COLUMNS} FROM bindings ORDER BY created_at, id"
+        )))
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().map(Binding::from).collect())
+    }
+
+    async fn form_bindings(&self, form_id: Uuid) -> StoreResult<Vec<Binding>> {
+        let rows: Vec<BindingRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT {BINDING_COLUMNS} FROM bindings WHERE form_id = $1 ORDER BY created_at, id"
+        )))
+        .bind(form_id)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().map(Binding::from).collect())
+    }
+
+    async fn get_binding(&self, id: Uuid) -> StoreResult<Option<Binding>> {
+        let row: Option<BindingRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT {BINDING_COLUMNS} FROM bindings WHERE id = $1"
+        )))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(Binding::from))
+    }
+
+    async fn insert_binding(&self, new: NewBinding) -> StoreResult<Binding> {
+        let row: BindingRow = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "INSERT INTO bindings (id, form_id, name, kind, mode, config, enabled, options)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING {BINDING_COLUMNS}"
+        )))
+        .bind(Uuid::new_v4())
+        .bind(new.form_id)
+        .bind(new.name)
+        .bind(new.kind)
+        .bind(new.mode.as_str())
+        .bind(Json(new.config))
+        .bind(new.enabled)
+        .bind(Json(new.options))
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(row.into())
+    }
+
+    async fn update_binding(&self, binding: &Binding) -> StoreResult<Option<Binding>> {
+        let row: Option<BindingRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "UPDATE bindings SET name = $2, mode = $3, config = $4, enabled = $5, options = $6,
+                updated_at = now()
+             WHERE id = $1 RETURNING {BINDING_COLUMNS}"
+        )))
+        .bind(binding.id)
+        .bind(&binding.name)
+        .bind(binding.mode.as_str())
+        .bind(Json(&binding.config))
+        .bind(binding.enabled)
+        .bind(Json(binding.options))
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(Binding::from))
+    }
+
+    async fn delete_binding(&self, id: Uuid) -> StoreResult<bool> {
+        let result = sqlx::query("DELETE FROM bindings WHERE id = $1")
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(result.rows_affected() == 1)
+    }
+
+    async fn binding_changes(&self) -> StoreResult<Box<dyn ChangeFeed>> {
+        let mut listener = PgListener::connect_with(&self.pool).await?;
+        listener.listen(CHANNEL).await?;
+        Ok(Box::new(Listener(listener)))
+    }
+
+    async fn write_history(
+        &self,
+        runs: &[(Run, RunWrite)],
+        attempts: &[Attempt],
+    ) -> StoreResult<()> {
+        if runs.is_empty() && attempts.is_empty() {
+            return Ok(());
+        }
+        let mut held = self.history.lock().await;
+        let connection = match &mut *held {
+            Some(connection) => connection,
+            None => held.insert(self.pool.acquire().await?),
+        };
+        let all = || runs.iter().map(|(run, _)| run);
+        let written = sqlx::query(sqlx::AssertSqlSafe(HISTORY_SQL.as_str()))
+            .bind(all().map(|r| r.run_id).collect::<Vec<_>>())
+            .bind(all().map(|r| r.binding_id).collect::<Vec<_>>())
+            .bind(all().map(|r| r.form_id).collect::<Vec<_>>())
+            .bind(all().map(|r| r.submission_id).collect::<Vec<_>>())
+            .bind(all().map(|r| r.kind.as_str()).collect::<Vec<_>>())
+            .bind(all().map(|r| r.mode.as_str()).collect::<Vec<_>>())
+            .bind(all().map(|r| r.status.as_str()).collect::<Vec<_>>())
+            .bind(all().map(|r| r.attempts).collect::<Vec<_>>())
+            .bind(
+                all()
+                    .map(|r| r.output.as_ref().map(Value::to_string))
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                all()
+                    .map(|r| serde_json::to_string(&r.flags).expect("flags serialize"))
+                    .collect::<Vec<_>>(),
+            )
+            .bind(all().map(|r| r.error.as_deref()).collect::<Vec<_>>())
+            .bind(all().map(|r| r.created_at).collect::<Vec<_>>())
+            .bind(all().map(|r| r.started_at).collect::<Vec<_>>())
+            .bind(all().map(|r| r.finished_at).collect::<Vec<_>>())
+            .bind(
+                runs.iter()
+                    .map(|(_, write)| *write == RunWrite::Upsert)
+                    .collect::<Vec<_>>(),
+            )
+            .bind(attempts.iter().map(|a| a.run_id).collect::<Vec<_>>())
+            .bind(attempts.iter().map(|a| a.attempt).collect::<Vec<_>>())
+            .bind(
+                attempts
+                    .iter()
+                    .map(|a| a.status.as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                attempts
+                    .iter()
+                    .map(|a| a.error.as_deref())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(attempts.iter().map(|a| a.started_at).collect::<Vec<_>>())
+            .bind(attempts.iter().map(|a| a.finished_at).collect::<Vec<_>>())
+            .execute(&mut **connection)
+            .await;
+        if written.is_err() {
+            // The connection may be what broke: the retry takes a fresh one.
+            if let Some(mut broken) = held.take() {
+                broken.close_on_drop();
+            }
+        }
+        written?;
+        Ok(())
+    }
+
+    async fn claim_run(&self, run: &Run, job: &Job, redelivered: bool) -> StoreResult<Option<i32>> {
+        let sql = format!(
+            "INSERT INTO task_runs (run_id, binding_id, form_id, submission_id, kind, mode, status,
+                attempts, created_at, started_at, input, error)
+             VALUES ($1, $2, $3, $4, $5, $6, 'running', 1, $7, now(), $9, $10)
+             ON CONFLICT (run_id) DO UPDATE SET status = 'running',
+                attempts = task_runs.attempts + 1, started_at = now(), finished_at = NULL,
+                error = $10, input = COALESCE(task_runs.input, EXCLUDED.input), updated_at = now()
+             WHERE {TAKEABLE}
+             RETURNING attempts"
+        );
+        self.take_run(sql, run, job, redelivered, None).await
+    }
+
+    async fn expire_run(
+        &self,
+        run: &Run,
+        job: &Job,
+        redelivered: bool,
+        error: &str,
+    ) -> StoreResult<bool> {
+        let sql = format!(
+            "INSERT INTO task_runs (run_id, binding_id, form_id, submission_id, kind, mode, status,
+                attempts, created_at, finished_at, input, error)
+             VALUES ($1, $2, $3, $4, $5, $6, 'expired', 0, $7, now(), $9, $10)
+             ON CONFLICT (run_id) DO UPDATE SET status = 'expired', finished_at = now(),
+                error = $10, input = COALESCE(task_runs.input, EXCLUDED.input), updated_at = now()
+             WHERE {TAKEABLE}
+             RETURNING attempts"
+        );
+        let taken = self
+            .take_run(sql, run, job, redelivered, Some(error))
+            .await?;
+        Ok(taken.is_some())
+    }
+
+    async fn requeue_runs(
+        &self,
+        run_ids: &[Uuid],
+        from: &[RunStatus],
+    ) -> StoreResult<Vec<(Uuid, i32)>> {
+        Ok(sqlx::query_as(
+            "UPDATE task_runs SET status = 'queued', finished_at = NULL, updated_at = now()
+             WHERE run_id = ANY($1) AND mode = 'async' AND status = ANY($2)
+             RETURNING run_id, attempts",
+        )
+        .bind(run_ids)
+        .bind(from.iter().map(|s| s.as_str()).collect::<Vec<_>>())
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    async fn unqueue_runs(&self, run_ids: &[Uuid], status: RunStatus) -> StoreResult<()> {
+        sqlx::query(
+            "UPDATE task_runs SET status = $2, finished_at = now(), updated_at = now()
+             WHERE run_id = ANY($1) AND status = 'queued'",
+        )
+        .bind(run_ids)
+        .bind(status.as_str())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn run_input(&self, run_id: Uuid) -> StoreResult<Option<Job>> {
+        let input: Option<Option<Json<Job>>> =
+            sqlx::query_scalar("SELECT input FROM task_runs WHERE run_id = $1")
+                .bind(run_id)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(input.flatten().map(|job| job.0))
+    }
+
+    async fn get_run(&self, run_id: Uuid) -> StoreResult<Option<Run>> {
+        let row: Option<RunRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT {RUN_COLUMNS} FROM task_runs WHERE run_id = $1"
+        )))
+        .bind(run_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(Run::from))
+    }
+
+    async fn run_attempts(&self, run: &Run) -> StoreResult<Vec<Attempt>> {
+        let rows: Vec<AttemptRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT {ATTEMPT_COLUMNS} FROM task_attempts WHERE run_id = $1 ORDER BY attempt"
+        )))
+        .bind(run.run_id)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(attempts_of(run, rows))
+    }
+
+    async fn list_runs(&self, filter: &RunFilter, limit: i64) -> StoreResult<Vec<Run>> {
+        let mut query = list_runs_query::<Postgres>(filter, limit);
+        let rows: Vec<RunRow> = query.build_query_as().fetch_all(&self.pool).await?;
+        Ok(rows.into_iter().map(Run::from).collect())
+    }
+
+    async fn ping(&self) -> StoreResult<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn close(&self) {
+        drop(self.history.lock().await.take());
+        self.pool.close().await;
+    }
+}
+
+fn unavailable(err: sqlx::Error) -> StateError {
+    StateError(err.to_string())
+}
+
+/// Task state in `task_state`: first writer wins, by primary key.
+#[async_trait]
+impl TaskState for PgStore {
+    async fn get(&self, binding_id: Uuid, key: &str) -> Result<Option<Value>, StateError> {
+        let value: Option<Json<Value>> =
+            sqlx::query_scalar("SELECT value FROM task_state WHERE binding_id = $1 AND key = $2")
+                .bind(binding_id)
+                .bind(key)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(unavailable)?;
+        Ok(value.map(|v| v.0))
+    }
+
+    async fn put_if_absent(
+        &self,
+        binding_id: Uuid,
+        key: &str,
+        value: Value,
+    ) -> Result<Value, StateError> {
+        // The no-op update makes RETURNING yield the stored row when the key exists.
+        let stored: Json<Value> = sqlx::query_scalar(
+            "INSERT INTO task_state (binding_id, key, value) VALUES ($1, $2, $3)
+             ON CONFLICT (binding_id, key) DO UPDATE SET key = task_state.key
+             RETURNING value",
+        )
+        .bind(binding_id)
+        .bind(key)
+        .bind(Json(value))
+        .fetch_one(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        Ok(stored.0)
+    }
+}

@@ -1,0 +1,745 @@
+//! The embedded store: postsub's tables in one SQLite file, which also holds the embedded
+//! job queue ([`crate::queue::embedded`]).
+//!
+//! The file is in WAL mode, so readers never wait for the writer. Every write goes through
+//! this process's one write connection ([`writer::Writer`]: group commit, `BEGIN
+//! IMMEDIATE`); reads use a small pool of their own. Several processes may open the same
+//! file (`serve` and `worker` on one machine): their writers take turns on SQLite's lock,
+//! and binding changes reach each of them through a version counter that triggers bump and
+//! every process polls.
+//!
+//! The tables are PostgreSQL's in SQLite types: UUIDs as 16-byte BLOBs, JSON as TEXT,
+//! timestamps as RFC 3339 TEXT in UTC (always written by [`sql_time`], so they sort as
+//! text), booleans as INTEGER. There is no outbox: a job and its run are committed
+//! together, in this file, so there is nothing to relay.
+
+pub mod writer;
+
+use std::{
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use anyhow::Context as _;
+use async_trait::async_trait;
+use chrono::{DateTime, SecondsFormat, Utc};
+use postsub_tasks::{StateError, TaskState};
+use serde_json::{Value, json};
+use sqlx::{
+    Connection as _, Sqlite, SqliteConnection, SqlitePool,
+    migrate::Migrator,
+    sqlite::{SqliteConnectOptions, SqlitePoolOptions, SqliteSynchronous},
+    types::Json,
+};
+use tokio::task::JoinHandle;
+use uuid::Uuid;
+
+use self::writer::Writer;
+use super::{
+    ATTEMPT_COLUMNS, AttemptRow, BINDING_COLUMNS, Binding, BindingRow, ChangeFeed, NewBinding,
+    RUN_COLUMNS, RunFilter, RunRow, RunWrite, Schema, Store, StoreError, StoreResult, attempts_of,
+    check_schema, list_runs_query,
+};
+use crate::{
+    job::Job,
+    run::{Attempt, Run, RunStatus},
+};
+
+static MIGRATOR: Migrator = sqlx::migrate!("../migrations/sqlite");
+
+/// How often a process looks for binding changes another process made.
+const CHANGE_POLL: Duration = Duration::from_millis(250);
+/// Read connections.
+const READERS: u32 = 4;
+/// How long a connection waits for another process's write lock before the writer backs
+/// off and retries.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Where the file is and how hard a commit holds on to the disk.
+#[derive(Debug, Clone)]
+pub struct SqliteSettings {
+    /// The database file.
+    pub path: PathBuf,
+    /// `FULL`: a commit survives a power cut; `NORMAL`: it survives a crash of postsub,
+    /// and a power cut may lose the last commits (WAL mode stays consistent).
+    pub synchronous: SqliteSynchronous,
+}
+
+/// A timestamp as the embedded tables keep it: RFC 3339 in UTC, as sqlx writes it too, so
+/// that text order is time order.
+pub(crate) fn sql_time(time: DateTime<Utc>) -> String {
+    time.to_rfc3339_opts(SecondsFormat::AutoSi, false)
+}
+
+/// The file's connections: the writer task and the read pool.
+pub(crate) struct Db {
+    pub(crate) writer: Writer,
+    pub(crate) readers: SqlitePool,
+    writer_task: Mutex<Option<(JoinHandle<()>, tokio_util::sync::CancellationToken)>>,
+}
+
+/// postsub's SQLite database.
+#[derive(Clone)]
+pub struct SqliteStore {
+    db: Arc<Db>,
+    path: PathBuf,
+}
+
+fn options(settings: &SqliteSettings) -> SqliteConnectOptions {
+    SqliteConnectOptions::new()
+        .filename(&settings.path)
+        .foreign_keys(true)
+        .busy_timeout(BUSY_TIMEOUT)
+        .synchronous(settings.synchronous)
+}
+
+impl SqliteStore {
+    /// Creates the file (and its directory) if missing, turns on WAL and applies every
+    /// pending migration. A file that is not a SQLite database, holds another program's
+    /// tables or was migrated by a newer postsub is refused, never overwritten.
+    pub async fn migrate(settings: &SqliteSettings) -> anyhow::Result<()> {
+        let path = &settings.path;
+        if let Some(dir) = path.parent().filter(|dir| !dir.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).with_context(|| {
+                format!(
+                    "cannot create the directory {} for the database {}",
+                    dir.display(),
+                    path.display()
+                )
+            })?;
+        }
+        let mut connection =
+            SqliteConnection::connect_with(&options(settings).create_if_missing(true))
+                .await
+                .with_context(|| cannot_open(path))?;
+        let applied = applied_migrations(&mut connection, path).await?;
+        if check_schema(&applied, &MIGRATOR, &describe(path))? == Schema::Empty
+            && has_tables(&mut connection).await?
+        {
+            anyhow::bail!(
+                "{} is not a postsub database (it holds tables of another program); refusing to \
+                 change it: point DATABASE_URL at another file",
+                describe(path)
+            );
+        }
+        let mode: String = sqlx::query_scalar("PRAGMA journal_mode = WAL")
+            .fetch_one(&mut connection)
+            .await
+            .with_context(|| format!("turning on WAL mode for {}", path.display()))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            anyhow::bail!(
+                "{} cannot use WAL mode (it stays in {mode})",
+                path.display()
+            );
+        }
+        MIGRATOR
+            .run(&mut connection)
+            .await
+            .with_context(|| format!("applying migrations to {}", path.display()))?;
+        connection.close().await?;
+        Ok(())
+    }
+
+    /// Opens a migrated file: the writer task and the read pool.
+    pub async fn open(settings: &SqliteSettings) -> anyhow::Result<Self> {
+        let path = &settings.path;
+        let options = options(settings).create_if_missing(false);
+        let mut writer = SqliteConnection::connect_with(&options)
+            .await
+            .with_context(|| cannot_open(path))?;
+        let applied = applied_migrations(&mut writer, path).await?;
+        if check_schema(&applied, &MIGRATOR, &describe(path))?.is_behind() {
+            anyhow::bail!(
+                "{} has no postsub schema, or an older one: run `postsub migrate` first",
+                describe(path)
+            );
+        }
+        let readers = SqlitePoolOptions::new()
+            .max_connections(READERS)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect_with(options)
+            .await
+            .with_context(|| cannot_open(path))?;
+        let (writer, task) = Writer::start(writer);
+        Ok(Self {
+            db: Arc::new(Db {
+                writer,
+                readers,
+                writer_task: Mutex::new(Some(task)),
+            }),
+            path: path.clone(),
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The connections, for the embedded queue in the same file.
+    pub(crate) fn db(&self) -> Arc<Db> {
+        self.db.clone()
+    }
+}
+
+fn describe(path: &Path) -> String {
+    format!("the database file {}", path.display())
+}
+
+fn cannot_open(path: &Path) -> String {
+    format!(
+        "cannot open or create the database file {} (is its directory writable?)",
+        path.display()
+    )
+}
+
+/// The migrations applied to the file; empty when none ever were. A file that is not a
+/// SQLite database fails here, on its first read.
+async fn applied_migrations(
+    connection: &mut SqliteConnection,
+    path: &Path,
+) -> anyhow::Result<Vec<i64>> {
+    let exists: Option<String> = sqlx::query_scalar(
+        "SELECT name FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations'",
+    )
+    .fetch_optional(&mut *connection)
+    .await
+    .with_context(|| {
+        format!(
+            "{} is not a SQLite database, or cannot be read; refusing to change it",
+            path.display()
+        )
+    })?;
+    if exists.is_none() {
+        return Ok(Vec::new());
+    }
+    sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success ORDER BY version")
+        .fetch_all(&mut *connection)
+        .await
+        .with_context(|| format!("reading the schema version of {}", path.display()))
+}
+
+async fn has_tables(connection: &mut SqliteConnection) -> anyhow::Result<bool> {
+    let tables: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'",
+    )
+    .fetch_one(connection)
+    .await?;
+    Ok(tables > 0)
+}
+
+/// Bindings changed when the counter the `bindings_*` triggers bump moves.
+struct VersionPoll {
+    readers: SqlitePool,
+    seen: i64,
+}
+
+async fn bindings_version(readers: &SqlitePool) -> sqlx::Result<i64> {
+    sqlx::query_scalar("SELECT version FROM changes WHERE topic = 'bindings'")
+        .fetch_one(readers)
+        .await
+}
+
+#[async_trait]
+impl ChangeFeed for VersionPoll {
+    async fn changed(&mut self) -> StoreResult<()> {
+        loop {
+            let version = bindings_version(&self.readers).await?;
+            if version != self.seen {
+                self.seen = version;
+                return Ok(());
+            }
+            tokio::time::sleep(CHANGE_POLL).await;
+        }
+    }
+}
+
+/// A list of UUIDs as the JSON array `json_each` reads (`unhex` turns each back into 16
+/// bytes).
+pub(crate) fn uuid_list(ids: &[Uuid]) -> String {
+    Value::from(
+        ids.iter()
+            .map(|id| id.simple().to_string())
+            .collect::<Vec<_>>(),
+    )
+    .to_string()
+}
+
+/// Run records as the JSON array the history statements read.
+pub(crate) fn runs_json<'a>(runs: impl Iterator<Item = &'a Run>) -> String {
+    let rows: Vec<Value> = runs
+        .map(|r| {
+            json!({
+                "run_id": r.run_id.simple().to_string(),
+                "binding_id": r.binding_id.simple().to_string(),
+                "form_id": r.form_id.simple().to_string(),
+                "submission_id": r.submission_id.simple().to_string(),
+                "kind": r.kind,
+                "mode": r.mode.as_str(),
+                "status": r.status.as_str(),
+                "attempts": r.attempts,
+                "output": r.output.as_ref().map(Value::to_string),
+                "flags": serde_json::to_string(&r.flags).expect("flags serialize"),
+                "error": r.error,
+                "created_at": sql_time(r.created_at),
+                "started_at": r.started_at.map(sql_time),
+                "finished_at": r.finished_at.map(sql_time),
+            })
+        })
+        .collect();
+    Value::from(rows).to_string()
+}
+
+const RUNS_FROM_JSON: &str = "INSERT INTO task_runs (run_id, binding_id, form_id,
+        submission_id, kind, mode, status, attempts, output, flags, error, created_at,
+        started_at, finished_at, updated_at)
+    SELECT unhex(value ->> 'run_id'), unhex(value ->> 'binding_id'),
+        unhex(value ->> 'form_id'), unhex(value ->> 'submission_id'), value ->> 'kind',
+        value ->> 'mode', value ->> 'status', value ->> 'attempts', value ->> 'output',
+        value ->> 'flags', value ->> 'error', value ->> 'created_at', value ->> 'started_at',
+        value ->> 'finished_at', ?2
+    FROM json_each(?1) WHERE true";
+
+/// Inserts `queued` run records unless their runs exist (in the caller's transaction):
+/// shared by the history writer and the embedded queue, which commits a `Process` call's
+/// jobs with their runs.
+pub(crate) async fn insert_runs_if_absent(
+    connection: &mut SqliteConnection,
+    runs_json: &str,
+    now: &str,
+) -> sqlx::Result<()> {
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "{RUNS_FROM_JSON} ON CONFLICT (run_id) DO NOTHING"
+    )))
+    .bind(runs_json)
+    .bind(now)
+    .execute(connection)
+    .await
+    .map(drop)
+}
+
+async fn write_history(
+    connection: &mut SqliteConnection,
+    inserts: Option<String>,
+    upserts: Option<String>,
+    attempts: Option<String>,
+    now: String,
+) -> sqlx::Result<()> {
+    if let Some(inserts) = inserts {
+        insert_runs_if_absent(&mut *connection, &inserts, &now).await?;
+    }
+    if let Some(upserts) = upserts {
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "{RUNS_FROM_JSON} ON CONFLICT (run_id) DO UPDATE SET status = excluded.status,
+                attempts = max(task_runs.attempts, excluded.attempts),
+                output = excluded.output, flags = excluded.flags, error = excluded.error,
+                started_at = coalesce(excluded.started_at, task_runs.started_at),
+                finished_at = excluded.finished_at, updated_at = excluded.updated_at"
+        )))
+        .bind(upserts)
+        .bind(&now)
+        .execute(&mut *connection)
+        .await?;
+    }
+    if let Some(attempts) = attempts {
+        sqlx::query(
+            "INSERT INTO task_attempts (run_id, attempt, status, error, started_at, finished_at)
+             SELECT unhex(value ->> 'run_id'), value ->> 'attempt', value ->> 'status',
+                value ->> 'error', value ->> 'started_at', value ->> 'finished_at'
+             FROM json_each(?1) WHERE true
+             ON CONFLICT (run_id, attempt) DO NOTHING",
+        )
+        .bind(attempts)
+        .execute(&mut *connection)
+        .await?;
+    }
+    Ok(())
+}
+
+/// Who may take a run (?8: the job was redelivered): nobody has yet (`queued`), or the
+/// worker that held it is gone (a redelivered job finds it `running`).
+const TAKEABLE: &str = "task_runs.status = 'queued' OR (task_runs.status = 'running' AND ?8)";
+
+impl SqliteStore {
+    /// Runs one of the statements that take a run, with their shared parameters.
+    async fn take_run(
+        &self,
+        sql: String,
+        run: &Run,
+        job: &Job,
+        redelivered: bool,
+        error: Option<&str>,
+    ) -> StoreResult<Option<i32>> {
+        let (run, input, error) = (run.clone(), Json(job.clone()), error.map(str::to_owned));
+        let now = sql_time(Utc::now());
+        self.db
+            .writer
+            .write(move |connection| {
+                Box::pin(async move {
+                    sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+                        .bind(run.run_id)
+                        .bind(run.binding_id)
+                        .bind(run.form_id)
+                        .bind(run.submission_id)
+                        .bind(&run.kind)
+                        .bind(run.mode.as_str())
+                        .bind(sql_time(run.created_at))
+                        .bind(redelivered)
+                        .bind(input)
+                        .bind(error)
+                        .bind(now)
+                        .fetch_optional(connection)
+                        .await
+                })
+            })
+            .await
+    }
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn all_bindings(&self) -> StoreResult<Vec<Binding>> {
+        let rows: Vec<BindingRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT {BINDING_COLUMNS} FROM bindings ORDER BY created_at, id"
+        )))
+        .fetch_all(&self.db.readers)
+        .await?;
+        Ok(rows.into_iter().map(Binding::from).collect())
+    }
+
+    async fn form_bindings(&self, form_id: Uuid) -> StoreResult<Vec<Binding>> {
+        let rows: Vec<BindingRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT {BINDING_COLUMNS} FROM bindings WHERE form_id = ?1 ORDER BY created_at, id"
+        )))
+        .bind(form_id)
+        .fetch_all(&self.db.readers)
+        .await?;
+        Ok(rows.into_iter().map(Binding::from).collect())
+    }
+
+    async fn get_binding(&self, id: Uuid) -> StoreResult<Option<Binding>> {
+        let row: Option<BindingRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT {BINDING_COLUMNS} FROM bindings WHERE id = ?1"
+        )))
+        .bind(id)
+        .fetch_optional(&self.db.readers)
+        .await?;
+        Ok(row.map(Binding::from))
+    }
+
+    async fn insert_binding(&self, new: NewBinding) -> StoreResult<Binding> {
+        let now = sql_time(Utc::now());
+        let row: BindingRow = self
+            .db
+            .writer
+            .write(move |connection| {
+                Box::pin(async move {
+                    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                        "INSERT INTO bindings (id, form_id, name, kind, mode, config, enabled,
+                            options, created_at, updated_at)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9)
+                         RETURNING {BINDING_COLUMNS}"
+                    )))
+                    .bind(Uuid::new_v4())
+                    .bind(new.form_id)
+                    .bind(new.name)
+                    .bind(new.kind)
+                    .bind(new.mode.as_str())
+                    .bind(Json(new.config))
+                    .bind(new.enabled)
+                    .bind(Json(new.options))
+                    .bind(now)
+                    .fetch_one(connection)
+                    .await
+                })
+            })
+            .await?;
+        Ok(row.into())
+    }
+
+    async fn update_binding(&self, binding: &Binding) -> StoreResult<Option<Binding>> {
+        let binding = binding.clone();
+        let now = sql_time(Utc::now());
+        let row: Option<BindingRow> = self
+            .db
+            .writer
+            .write(move |connection| {
+                Box::pin(async move {
+                    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                        "UPDATE bindings SET name = ?2, mode = ?3, config = ?4, enabled = ?5,
+                            options = ?6, updated_at = ?7
+                         WHERE id = ?1 RETURNING {BINDING_COLUMNS}"
+                    )))
+                    .bind(binding.id)
+                    .bind(&binding.name)
+                    .bind(binding.mode.as_str())
+                    .bind(Json(&binding.config))
+                    .bind(binding.enabled)
+                    .bind(Json(binding.options))
+                    .bind(now)
+                    .fetch_optional(connection)
+                    .await
+                })
+            })
+            .await?;
+        Ok(row.map(Binding::from))
+    }
+
+    async fn delete_binding(&self, id: Uuid) -> StoreResult<bool> {
+        let deleted = self
+            .db
+            .writer
+            .write(move |connection| {
+                Box::pin(async move {
+                    sqlx::query("DELETE FROM bindings WHERE id = ?1")
+                        .bind(id)
+                        .execute(connection)
+                        .await
+                })
+            })
+            .await?;
+        Ok(deleted.rows_affected() == 1)
+    }
+
+    async fn binding_changes(&self) -> StoreResult<Box<dyn ChangeFeed>> {
+        let readers = self.db.readers.clone();
+        let seen = bindings_version(&readers).await?;
+        Ok(Box::new(VersionPoll { readers, seen }))
+    }
+
+    async fn write_history(
+        &self,
+        runs: &[(Run, RunWrite)],
+        attempts: &[Attempt],
+    ) -> StoreResult<()> {
+        let of = |write: RunWrite| {
+            let mut matching = runs.iter().filter(|(_, w)| *w == write).peekable();
+            matching
+                .peek()
+                .is_some()
+                .then(|| runs_json(matching.map(|(run, _)| run)))
+        };
+        let (inserts, upserts) = (of(RunWrite::InsertIfAbsent), of(RunWrite::Upsert));
+        let attempts = (!attempts.is_empty()).then(|| {
+            let rows: Vec<Value> = attempts
+                .iter()
+                .map(|a| {
+                    json!({
+                        "run_id": a.run_id.simple().to_string(),
+                        "attempt": a.attempt,
+                        "status": a.status.as_str(),
+                        "error": a.error,
+                        "started_at": sql_time(a.started_at),
+                        "finished_at": sql_time(a.finished_at),
+                    })
+                })
+                .collect();
+            Value::from(rows).to_string()
+        });
+        if inserts.is_none() && upserts.is_none() && attempts.is_none() {
+            return Ok(());
+        }
+        let now = sql_time(Utc::now());
+        self.db
+            .writer
+            .write(move |connection| {
+                Box::pin(write_history(connection, inserts, upserts, attempts, now))
+            })
+            .await
+    }
+
+    async fn claim_run(&self, run: &Run, job: &Job, redelivered: bool) -> StoreResult<Option<i32>> {
+        let sql = format!(
+            "INSERT INTO task_runs (run_id, binding_id, form_id, submission_id, kind, mode, status,
+                attempts, created_at, started_at, input, error, updated_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'running', 1, ?7, ?11, ?9, ?10, ?11)
+             ON CONFLICT (run_id) DO UPDATE SET status = 'running',
+                attempts = task_runs.attempts + 1, started_at = ?11, finished_at = NULL,
+                error = ?10, input = coalesce(task_runs.input, excluded.input), updated_at = ?11
+             WHERE {TAKEABLE}
+             RETURNING attempts"
+        );
+        self.take_run(sql, run, job, redelivered, None).await
+    }
+
+    async fn expire_run(
+        &self,
+        run: &Run,
+        job: &Job,
+        redelivered: bool,
+        error: &str,
+    ) -> StoreResult<bool> {
+        let sql = format!(
+            "INSERT INTO task_runs (run_id, binding_id, form_id, submission_id, kind, mode, status,
+                attempts, created_at, finished_at, input, error, updated_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'expired', 0, ?7, ?11, ?9, ?10, ?11)
+             ON CONFLICT (run_id) DO UPDATE SET status = 'expired', finished_at = ?11,
+                error = ?10, input = coalesce(task_runs.input, excluded.input), updated_at = ?11
+             WHERE {TAKEABLE}
+             RETURNING attempts"
+        );
+        let taken = self
+            .take_run(sql, run, job, redelivered, Some(error))
+            .await?;
+        Ok(taken.is_some())
+    }
+
+    async fn requeue_runs(
+        &self,
+        run_ids: &[Uuid],
+        from: &[RunStatus],
+    ) -> StoreResult<Vec<(Uuid, i32)>> {
+        let ids = uuid_list(run_ids);
+        let from = Value::from(from.iter().map(|s| s.as_str()).collect::<Vec<_>>()).to_string();
+        let now = sql_time(Utc::now());
+        self.db
+            .writer
+            .write(move |connection| {
+                Box::pin(async move {
+                    sqlx::query_as(
+                        "UPDATE task_runs SET status = 'queued', finished_at = NULL, updated_at = ?3
+                         WHERE run_id IN (SELECT unhex(value) FROM json_each(?1))
+                            AND mode = 'async'
+                            AND status IN (SELECT value FROM json_each(?2))
+                         RETURNING run_id, attempts",
+                    )
+                    .bind(ids)
+                    .bind(from)
+                    .bind(now)
+                    .fetch_all(connection)
+                    .await
+                })
+            })
+            .await
+    }
+
+    async fn unqueue_runs(&self, run_ids: &[Uuid], status: RunStatus) -> StoreResult<()> {
+        let ids = uuid_list(run_ids);
+        let now = sql_time(Utc::now());
+        self.db
+            .writer
+            .write(move |connection| {
+                Box::pin(async move {
+                    sqlx::query(
+                        "UPDATE task_runs SET status = ?2, finished_at = ?3, updated_at = ?3
+                         WHERE run_id IN (SELECT unhex(value) FROM json_each(?1))
+                            AND status = 'queued'",
+                    )
+                    .bind(ids)
+                    .bind(status.as_str())
+                    .bind(now)
+                    .execute(connection)
+                    .await
+                    .map(drop)
+                })
+            })
+            .await
+    }
+
+    async fn run_input(&self, run_id: Uuid) -> StoreResult<Option<Job>> {
+        let input: Option<Option<Json<Job>>> =
+            sqlx::query_scalar("SELECT input FROM task_runs WHERE run_id = ?1")
+                .bind(run_id)
+                .fetch_optional(&self.db.readers)
+                .await?;
+        Ok(input.flatten().map(|job| job.0))
+    }
+
+    async fn get_run(&self, run_id: Uuid) -> StoreResult<Option<Run>> {
+        let row: Option<RunRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT {RUN_COLUMNS} FROM task_runs WHERE run_id = ?1"
+        )))
+        .bind(run_id)
+        .fetch_optional(&self.db.readers)
+        .await?;
+        Ok(row.map(Run::from))
+    }
+
+    async fn run_attempts(&self, run: &Run) -> StoreResult<Vec<Attempt>> {
+        let rows: Vec<AttemptRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT {ATTEMPT_COLUMNS} FROM task_attempts WHERE run_id = ?1 ORDER BY attempt"
+        )))
+        .bind(run.run_id)
+        .fetch_all(&self.db.readers)
+        .await?;
+        Ok(attempts_of(run, rows))
+    }
+
+    async fn list_runs(&self, filter: &RunFilter, limit: i64) -> StoreResult<Vec<Run>> {
+        let mut query = list_runs_query::<Sqlite>(filter, limit);
+        let rows: Vec<RunRow> = query.build_query_as().fetch_all(&self.db.readers).await?;
+        Ok(rows.into_iter().map(Run::from).collect())
+    }
+
+    async fn ping(&self) -> StoreResult<()> {
+        sqlx::query("SELECT 1").execute(&self.db.readers).await?;
+        Ok(())
+    }
+
+    async fn close(&self) {
+        let task = self
+            .db
+            .writer_task
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some((task, stop)) = task {
+            stop.cancel();
+            let _ = task.await;
+        }
+        self.db.readers.close().await;
+    }
+}
+
+fn unavailable(err: StoreError) -> StateError {
+    StateError(err.to_string())
+}
+
+/// Task state in `task_state`: first writer wins, by primary key.
+#[async_trait]
+impl TaskState for SqliteStore {
+    async fn get(&self, binding_id: Uuid, key: &str) -> Result<Option<Value>, StateError> {
+        let value: Option<Json<Value>> =
+            sqlx::query_scalar("SELECT value FROM task_state WHERE binding_id = ?1 AND key = ?2")
+                .bind(binding_id)
+                .bind(key)
+                .fetch_optional(&self.db.readers)
+                .await
+                .map_err(|err| unavailable(err.into()))?;
+        Ok(value.map(|v| v.0))
+    }
+
+    async fn put_if_absent(
+        &self,
+        binding_id: Uuid,
+        key: &str,
+        value: Value,
+    ) -> Result<Value, StateError> {
+        let key = key.to_owned();
+        let now = sql_time(Utc::now());
+        // The no-op update makes RETURNING yield the stored row when the key exists.
+        let stored: Json<Value> = self
+            .db
+            .writer
+            .write(move |connection| {
+                Box::pin(async move {
+                    sqlx::query_scalar(
+                        "INSERT INTO task_state (binding_id, key, value, created_at)
+                         VALUES (?1, ?2, ?3, ?4)
+                         ON CONFLICT (binding_id, key) DO UPDATE SET key = task_state.key
+                         RETURNING value",
+                    )
+                    .bind(binding_id)
+                    .bind(key)
+                    .bind(Json(value))
+                    .bind(now)
+                    .fetch_one(connection)
+                    .await
+                })
+            })
+            .await
+            .map_err(unavailable)?;
+        Ok(stored.0)
+    }
+}

@@ -1,0 +1,236 @@
+//! The one writer of a SQLite file in this process: group commit for every write.
+//!
+//! SQLite takes one writer at a time, and with `synchronous=FULL` each commit costs an
+//! fsync. So every write of the embedded backend (history batches, claims, jobs queued by
+//! `Process`, acks, binding changes) is a [`Writer::write`] op sent to one task that owns
+//! the write connection. The task takes whatever ops have queued up, runs them in one
+//! `BEGIN IMMEDIATE` transaction and commits once: concurrent callers share the commit and
+//! its fsync, and each gets its answer only after the commit. An op's own error (a unique
+//! name taken) is its alone; an error that dooms the transaction (a full disk) fails the
+//! ops of that batch, and nothing they wrote stays.
+//!
+//! `BEGIN IMMEDIATE` takes the write lock before anything is read, so a transaction never
+//! has to upgrade a read lock (which fails at once with `SQLITE_BUSY` when another
+//! connection writes). Another process holding the lock is waited for (`busy_timeout`),
+//! and past that the batch is retried with backoff, its reason logged: never dropped.
+
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+use sqlx::{Connection as _, SqliteConnection, error::ErrorKind};
+use tokio::{
+    sync::{mpsc, oneshot},
+    task::JoinHandle,
+};
+use tokio_util::sync::CancellationToken;
+
+use crate::store::{StoreError, StoreResult};
+
+/// Ops waiting for the writer before callers wait to send more.
+const QUEUE: usize = 10_000;
+/// Most ops in one transaction.
+const MAX_BATCH: usize = 1_000;
+
+/// Handle to the writer task; cheap to clone. The task ends when every handle is dropped
+/// and the ops sent so far are committed.
+#[derive(Clone)]
+pub struct Writer {
+    ops: mpsc::Sender<Box<dyn Op>>,
+}
+
+impl Writer {
+    /// Starts the writer task over `connection`. Cancelling the token stops it: ops sent
+    /// until then are committed, later ones fail with [`StoreError::Closed`], and the
+    /// connection is closed (which checkpoints the WAL).
+    pub fn start(connection: SqliteConnection) -> (Self, (JoinHandle<()>, CancellationToken)) {
+        let (ops, receiver) = mpsc::channel(QUEUE);
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(write_batches(connection, receiver, stop.clone()));
+        (Self { ops }, (task, stop))
+    }
+
+    /// Runs `write` in the next transaction and returns its result once that transaction
+    /// has committed. `write` must be one statement, or several that cannot fail halfway
+    /// on a constraint: a constraint error keeps the transaction going without the
+    /// failing statement.
+    pub async fn write<T, F>(&self, write: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: for<'c> FnOnce(&'c mut SqliteConnection) -> BoxFuture<'c, sqlx::Result<T>>
+            + Send
+            + 'static,
+    {
+        let (reply, answer) = oneshot::channel();
+        self.ops
+            .send(Box::new(WriteOp { write, reply }))
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        answer.await.map_err(|_| StoreError::Closed)?
+    }
+}
+
+/// A write waiting for its transaction.
+trait Op: Send {
+    /// Runs the write; what it returns delivers the answer once the commit is decided.
+    fn run<'c>(self: Box<Self>, connection: &'c mut SqliteConnection) -> BoxFuture<'c, Ran>;
+    /// Answers without running (the transaction could not start).
+    fn fail(self: Box<Self>, error: StoreError);
+}
+
+/// Delivers a write's answer once its transaction's fate is known: `None` when it
+/// committed, else why not.
+type Deliver = Box<dyn FnOnce(Option<&str>) + Send>;
+
+/// A write that ran and waits for the commit.
+struct Ran {
+    /// Why the whole transaction cannot commit, when this write's error says so.
+    dooms: Option<String>,
+    /// Delivers the answer: the write's result when the commit succeeded, else why not.
+    deliver: Deliver,
+}
+
+struct WriteOp<T, F> {
+    write: F,
+    reply: oneshot::Sender<StoreResult<T>>,
+}
+
+impl<T, F> Op for WriteOp<T, F>
+where
+    T: Send + 'static,
+    F: for<'c> FnOnce(&'c mut SqliteConnection) -> BoxFuture<'c, sqlx::Result<T>> + Send + 'static,
+{
+    fn run<'c>(self: Box<Self>, connection: &'c mut SqliteConnection) -> BoxFuture<'c, Ran> {
+        let WriteOp { write, reply } = *self;
+        Box::pin(async move {
+            let result = write(connection).await;
+            let dooms = match &result {
+                Err(err) if !is_statement_error(err) => Some(err.to_string()),
+                _ => None,
+            };
+            Ran {
+                dooms,
+                deliver: Box::new(move |not_committed: Option<&str>| {
+                    let answer = match (result, not_committed) {
+                        (Ok(_), Some(reason)) => Err(StoreError::NotCommitted(reason.to_owned())),
+                        (result, _) => result.map_err(StoreError::from),
+                    };
+                    let _ = reply.send(answer);
+                }),
+            }
+        })
+    }
+
+    fn fail(self: Box<Self>, error: StoreError) {
+        let _ = self.reply.send(Err(error));
+    }
+}
+
+/// Errors SQLite undoes for the one statement, leaving the transaction open.
+fn is_statement_error(err: &sqlx::Error) -> bool {
+    err.as_database_error().is_some_and(|db| {
+        matches!(
+            db.kind(),
+            ErrorKind::UniqueViolation
+                | ErrorKind::ForeignKeyViolation
+                | ErrorKind::NotNullViolation
+                | ErrorKind::CheckViolation
+        )
+    })
+}
+
+/// `SQLITE_BUSY` (and its extended codes): another connection holds the lock.
+pub(crate) fn is_busy(err: &sqlx::Error) -> bool {
+    err.as_database_error()
+        .and_then(|db| db.code())
+        .and_then(|code| code.parse::<i32>().ok())
+        .is_some_and(|code| code & 0xff == 5)
+}
+
+async fn write_batches(
+    mut connection: SqliteConnection,
+    mut ops: mpsc::Receiver<Box<dyn Op>>,
+    stop: CancellationToken,
+) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    loop {
+        let received = tokio::select! {
+            biased;
+            received = ops.recv_many(&mut batch, MAX_BATCH) => received,
+            () = stop.cancelled() => {
+                // Take what was sent before the stop, then nothing more.
+                ops.close();
+                ops.recv_many(&mut batch, MAX_BATCH).await
+            }
+        };
+        if received == 0 {
+            break;
+        }
+        let size = batch.len();
+        let started = std::time::Instant::now();
+        commit_batch(&mut connection, batch.drain(..)).await;
+        tracing::trace!(ops = size, took = ?started.elapsed(), "SQLite batch committed");
+    }
+    let _ = connection.close().await;
+}
+
+async fn commit_batch(
+    connection: &mut SqliteConnection,
+    batch: impl ExactSizeIterator<Item = Box<dyn Op>>,
+) {
+    if let Err(err) = begin_immediate(connection).await {
+        let reason = err.to_string();
+        tracing::error!(error = %reason, "cannot start a write transaction");
+        for op in batch {
+            op.fail(StoreError::NotCommitted(reason.clone()));
+        }
+        return;
+    }
+    let mut ran = Vec::with_capacity(batch.len());
+    let mut doomed: Option<String> = None;
+    for op in batch {
+        if let Some(reason) = &doomed {
+            op.fail(StoreError::NotCommitted(reason.clone()));
+            continue;
+        }
+        let done = op.run(connection).await;
+        doomed = done.dooms;
+        ran.push(done.deliver);
+    }
+    let outcome = match doomed {
+        Some(reason) => Some(reason),
+        None => execute(connection, "COMMIT")
+            .await
+            .err()
+            .map(|err| err.to_string()),
+    };
+    if let Some(reason) = &outcome {
+        // SQLite may have rolled back already (a full disk); then this fails harmlessly.
+        let _ = execute(connection, "ROLLBACK").await;
+        tracing::error!(error = %reason, writes = ran.len(), "a SQLite write transaction failed");
+    }
+    for deliver in ran {
+        deliver(outcome.as_deref());
+    }
+}
+
+async fn execute(connection: &mut SqliteConnection, sql: &'static str) -> sqlx::Result<()> {
+    sqlx::query(sql).execute(connection).await.map(drop)
+}
+
+/// `BEGIN IMMEDIATE`, retried with backoff while another process holds the write lock
+/// past `busy_timeout`. (Plain statements rather than sqlx's `Transaction`, which would
+/// keep the connection borrowed across the retry.)
+async fn begin_immediate(connection: &mut SqliteConnection) -> sqlx::Result<()> {
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        match execute(connection, "BEGIN IMMEDIATE").await {
+            Err(err) if is_busy(&err) => {
+                tracing::warn!(error = %err, retry_in = ?backoff,
+                    "the database is locked by another connection past busy_timeout; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+            }
+            begun => return begun,
+        }
+    }
+}
