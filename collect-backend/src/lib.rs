@@ -9,7 +9,8 @@
 //! - [`routes`]: the HTTP API (`/forms`, `/forms/{id}`, `/forms/{id}/submit`,
 //!   `/forms/{id}/submissions`, `/healthz`); only the submit route carries the layer.
 //! - [`forms`]: the domain types (forms, questions, answers, submissions), parsed at the edge.
-//! - [`store`]: the SQL, one function per query over a [`sqlx::PgPool`].
+//! - [`store`]: [`store::Store`], the SQL of forms and submissions behind one seam, with one
+//!   module per backend: SQLite (the default, a file under `.collect/`) and PostgreSQL.
 //! - [`extract`]: request extractors whose rejections become [`ApiError`]s.
 //! - [`error`]: [`ApiError`], every way a request fails, mapped to a status and a JSON body
 //!   in one place.

@@ -11,7 +11,13 @@ async fn main() -> anyhow::Result<()> {
         .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .init();
     let application = Application::build(Settings::parse()).await?;
-    tracing::info!(addr = %application.local_addr(), "collect-backend listening");
+    let store = application.store();
+    tracing::info!(
+        addr = %application.local_addr(),
+        backend = %store.backend(),
+        database = %store.location(),
+        "collect-backend listening"
+    );
     application.run_until(shutdown_signal()).await
 }
 

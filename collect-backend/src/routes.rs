@@ -10,18 +10,17 @@ use axum::{
 };
 use postsub::PostSubmissionLayer;
 use serde_json::{Value, json};
-use sqlx::PgPool;
 
 use crate::{
     ApiError,
     extract::{BodyLimit, FormId, JsonBody},
     forms::{Answers, CreateForm, Form, NewForm, Submission, SubmitBody},
-    store,
+    store::Store,
 };
 
-/// The API's router: forms and submissions in `pool`, the submit route wrapped in
+/// The API's router: forms and submissions in `store`, the submit route wrapped in
 /// `post_submission`, request bodies limited to `max_body_bytes`.
-pub fn router(pool: PgPool, post_submission: PostSubmissionLayer, max_body_bytes: usize) -> Router {
+pub fn router(store: Store, post_submission: PostSubmissionLayer, max_body_bytes: usize) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/forms", post(create_form))
@@ -31,7 +30,7 @@ pub fn router(pool: PgPool, post_submission: PostSubmissionLayer, max_body_bytes
         .fallback(async || ApiError::NoRoute)
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .layer(Extension(BodyLimit(max_body_bytes)))
-        .with_state(pool)
+        .with_state(store)
 }
 
 /// `GET /healthz`: the process is up and serving (it does not probe the database).
@@ -41,19 +40,21 @@ async fn healthz() -> Json<Value> {
 
 /// `POST /forms`: creates a form.
 async fn create_form(
-    State(pool): State<PgPool>,
+    State(store): State<Store>,
     JsonBody(body): JsonBody<CreateForm>,
 ) -> Result<(StatusCode, Json<Form>), ApiError> {
     let form = NewForm::try_from(body)?;
-    let form = store::insert_form(&pool, &form)
+    let form = store
+        .insert_form(&form)
         .await
         .context("storing a new form")?;
     Ok((StatusCode::CREATED, Json(form)))
 }
 
 /// `GET /forms/{id}`: one form.
-async fn get_form(State(pool): State<PgPool>, FormId(id): FormId) -> Result<Json<Form>, ApiError> {
-    store::get_form(&pool, id)
+async fn get_form(State(store): State<Store>, FormId(id): FormId) -> Result<Json<Form>, ApiError> {
+    store
+        .get_form(id)
         .await
         .context("loading a form")?
         .map(Json)
@@ -63,12 +64,13 @@ async fn get_form(State(pool): State<PgPool>, FormId(id): FormId) -> Result<Json
 /// `POST /forms/{id}/submit`: stores a submission. [`PostSubmissionLayer`] then adds
 /// `post_submission` to the 201 body.
 async fn submit(
-    State(pool): State<PgPool>,
+    State(store): State<Store>,
     FormId(form_id): FormId,
     JsonBody(body): JsonBody<SubmitBody>,
 ) -> Result<(StatusCode, Json<Submission>), ApiError> {
     let answers = Answers::try_from(body)?;
-    let submission = store::insert_submission(&pool, form_id, &answers)
+    let submission = store
+        .insert_submission(form_id, &answers)
         .await
         .context("storing a submission")?
         .ok_or(ApiError::FormNotFound(form_id))?;
@@ -77,16 +79,18 @@ async fn submit(
 
 /// `GET /forms/{id}/submissions`: the form's submissions, newest first.
 async fn list_submissions(
-    State(pool): State<PgPool>,
+    State(store): State<Store>,
     FormId(form_id): FormId,
 ) -> Result<Json<Vec<Submission>>, ApiError> {
-    if !store::form_exists(&pool, form_id)
+    if !store
+        .form_exists(form_id)
         .await
         .context("looking up a form")?
     {
         return Err(ApiError::FormNotFound(form_id));
     }
-    let submissions = store::list_submissions(&pool, form_id)
+    let submissions = store
+        .list_submissions(form_id)
         .await
         .context("listing submissions")?;
     Ok(Json(submissions))

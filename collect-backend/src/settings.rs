@@ -1,8 +1,12 @@
 //! [`Settings`]: everything the binary reads from its command line or environment.
 
-use std::{fmt, net::SocketAddr, str::FromStr, time::Duration};
+use std::{fmt, net::SocketAddr, path::PathBuf, str::FromStr, time::Duration};
 
 use clap::Parser;
+
+/// Where forms are kept when `COLLECT_DATABASE_URL` is not set: a SQLite file under the
+/// working directory, so the backend runs with nothing installed.
+pub const DEFAULT_DATABASE_URL: &str = "sqlite://.collect/collect.db";
 
 /// Settings of collect-backend; each flag falls back to an environment variable.
 #[derive(Debug, Clone, Parser)]
@@ -16,12 +20,10 @@ pub struct Settings {
     #[arg(long, env = "POSTSUB_URL", default_value = "http://127.0.0.1:50051")]
     pub postsub_url: String,
 
-    /// PostgreSQL database of forms and submissions; created at startup if missing.
-    #[arg(
-        long,
-        env = "COLLECT_DATABASE_URL",
-        default_value = "postgres://postgres@127.0.0.1:5432/collect"
-    )]
+    /// Database of forms and submissions, created at startup if missing: `sqlite://PATH` or a
+    /// bare PATH for a SQLite file (its directory is created too), `postgres://…` for
+    /// PostgreSQL.
+    #[arg(long, env = "COLLECT_DATABASE_URL", default_value = DEFAULT_DATABASE_URL)]
     pub database_url: DatabaseUrl,
 
     /// How long a submit waits for the proxy before answering without post-submission results.
@@ -44,10 +46,50 @@ impl Settings {
 #[derive(Clone)]
 pub struct DatabaseUrl(String);
 
+/// The database backend a [`DatabaseUrl`] names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Backend {
+    /// A PostgreSQL server (`postgres://` or `postgresql://`).
+    Postgres,
+    /// A SQLite file (`sqlite://PATH`, `sqlite:PATH` or a bare PATH).
+    Sqlite(PathBuf),
+}
+
 impl DatabaseUrl {
     /// The full URL, password included: pass it to the driver, never to a log.
     pub fn expose(&self) -> &str {
         &self.0
+    }
+
+    /// Which backend the URL names, and for SQLite the file. Fails, saying what to write
+    /// instead, on another scheme, on a SQLite URL without a path, and on SQLite URL options
+    /// (the backend sets its own: WAL, foreign keys).
+    pub fn backend(&self) -> anyhow::Result<Backend> {
+        let url = self.0.trim();
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            return Ok(Backend::Postgres);
+        }
+        let path = match url.strip_prefix("sqlite:") {
+            Some(rest) => rest.strip_prefix("//").unwrap_or(rest),
+            None if url.contains("://") => anyhow::bail!(
+                "COLLECT_DATABASE_URL {self:?} has a scheme collect-backend does not know; use \
+                 sqlite://PATH (or a bare PATH) for a SQLite file, or postgres://USER@HOST/DB"
+            ),
+            None => url,
+        };
+        if path.contains('?') {
+            anyhow::bail!(
+                "COLLECT_DATABASE_URL {self:?} has options after `?`; give only the path of the \
+                 SQLite file (collect-backend turns on WAL and foreign keys itself)"
+            );
+        }
+        if path.is_empty() || path == ":memory:" {
+            anyhow::bail!(
+                "COLLECT_DATABASE_URL {self:?} names no SQLite file; give a path such as \
+                 {DEFAULT_DATABASE_URL}"
+            );
+        }
+        Ok(Backend::Sqlite(PathBuf::from(path)))
     }
 }
 
@@ -89,5 +131,54 @@ mod tests {
         assert_eq!(format!("{url:?}"), "postgres://app:***@db:5432/collect");
         let url = DatabaseUrl::from("postgres://postgres@127.0.0.1/collect".to_owned());
         assert_eq!(format!("{url:?}"), "postgres://postgres@127.0.0.1/collect");
+    }
+
+    fn backend(url: &str) -> anyhow::Result<Backend> {
+        DatabaseUrl::from(url.to_owned()).backend()
+    }
+
+    fn sqlite(path: &str) -> Backend {
+        Backend::Sqlite(PathBuf::from(path))
+    }
+
+    #[test]
+    fn the_default_is_a_sqlite_file_under_the_working_directory() {
+        assert_eq!(
+            backend(DEFAULT_DATABASE_URL).unwrap(),
+            sqlite(".collect/collect.db")
+        );
+    }
+
+    #[test]
+    fn sqlite_urls_and_bare_paths_name_a_file() {
+        assert_eq!(backend("sqlite:///tmp/c.db").unwrap(), sqlite("/tmp/c.db"));
+        assert_eq!(backend("sqlite:data/c.db").unwrap(), sqlite("data/c.db"));
+        assert_eq!(backend("data/c.db").unwrap(), sqlite("data/c.db"));
+        assert_eq!(backend("/var/lib/c.db").unwrap(), sqlite("/var/lib/c.db"));
+    }
+
+    #[test]
+    fn postgres_urls_name_postgres() {
+        for url in [
+            "postgres://postgres@127.0.0.1/collect",
+            "postgresql://a:b@db/c",
+        ] {
+            assert_eq!(backend(url).unwrap(), Backend::Postgres, "{url}");
+        }
+    }
+
+    #[test]
+    fn other_schemes_empty_paths_and_options_are_refused() {
+        for url in [
+            "mysql://db/collect",
+            "sqlite://",
+            "sqlite::memory:",
+            "sqlite://c.db?mode=ro",
+        ] {
+            let err = backend(url).unwrap_err().to_string();
+            assert!(err.contains("COLLECT_DATABASE_URL"), "{url}: {err}");
+        }
+        let err = backend("mysql://app:s3cret@db/c").unwrap_err().to_string();
+        assert!(!err.contains("s3cret"), "{err}");
     }
 }

@@ -4,15 +4,14 @@
 //! `run_until(shutdown)`. Binding happens in `build`, so `addr` may use port 0 and the
 //! caller reads the real port from [`Application::port`].
 
-use std::{future::Future, net::SocketAddr, time::Duration};
+use std::{future::Future, net::SocketAddr};
 
 use anyhow::Context;
 use axum::Router;
 use postsub::PostSubmissionLayer;
-use sqlx::{PgPool, Postgres, migrate::MigrateDatabase, postgres::PgPoolOptions};
 use tokio::net::TcpListener;
 
-use crate::{Settings, routes, settings::DatabaseUrl};
+use crate::{Settings, routes, store::Store};
 
 /// A backend that is bound and ready to serve.
 #[derive(Debug)]
@@ -20,14 +19,15 @@ pub struct Application {
     listener: TcpListener,
     local_addr: SocketAddr,
     router: Router,
-    pool: PgPool,
+    store: Store,
 }
 
 impl Application {
-    /// Creates the database if it is missing, runs the migrations, and binds `settings.addr`.
-    /// The postsub proxy is connected lazily, so it need not be up yet.
+    /// Opens the database (SQLite or PostgreSQL, by `settings.database_url`), creating it if
+    /// it is missing, runs the migrations, and binds `settings.addr`. The postsub proxy is
+    /// connected lazily, so it need not be up yet.
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
-        let pool = prepare_database(&settings.database_url).await?;
+        let store = Store::open(&settings.database_url).await?;
         let post_submission = PostSubmissionLayer::connect_lazy(&settings.postsub_url)
             .with_context(|| {
                 format!(
@@ -43,8 +43,8 @@ impl Application {
         Ok(Self {
             listener,
             local_addr,
-            router: routes::router(pool.clone(), post_submission, settings.max_body_bytes),
-            pool,
+            router: routes::router(store.clone(), post_submission, settings.max_body_bytes),
+            store,
         })
     }
 
@@ -58,9 +58,10 @@ impl Application {
         self.local_addr.port()
     }
 
-    /// The pool of the forms database.
-    pub fn pool(&self) -> &PgPool {
-        &self.pool
+    /// The forms database (its [`Store::backend`] and [`Store::location`] go in the startup
+    /// log).
+    pub fn store(&self) -> &Store {
+        &self.store
     }
 
     /// Serves until `shutdown` resolves, then lets in-flight requests finish and closes the
@@ -73,35 +74,7 @@ impl Application {
             .with_graceful_shutdown(shutdown)
             .await
             .context("serving HTTP")?;
-        self.pool.close().await;
+        self.store.close().await;
         Ok(())
     }
-}
-
-/// Creates the database at `url` if it does not exist, connects, and runs the migrations.
-pub async fn prepare_database(url: &DatabaseUrl) -> anyhow::Result<PgPool> {
-    let unreachable = || {
-        format!(
-            "cannot reach PostgreSQL at {url:?}; check COLLECT_DATABASE_URL and that the server runs"
-        )
-    };
-    if !Postgres::database_exists(url.expose())
-        .await
-        .with_context(unreachable)?
-    {
-        Postgres::create_database(url.expose())
-            .await
-            .with_context(|| format!("creating the database {url:?}"))?;
-        tracing::info!(database = ?url, "created the database");
-    }
-    let pool = PgPoolOptions::new()
-        .acquire_timeout(Duration::from_secs(5))
-        .connect(url.expose())
-        .await
-        .with_context(unreachable)?;
-    sqlx::migrate!("./migrations")
-        .run(&pool)
-        .await
-        .context("running the database migrations")?;
-    Ok(pool)
 }

@@ -1,16 +1,84 @@
-//! The HTTP API against a real PostgreSQL database (fresh per test) with the postsub proxy
-//! down: submissions must still succeed, with `post_submission.error` saying why no task ran.
+//! The HTTP API against a real database, fresh per test, with the postsub proxy down:
+//! submissions must still succeed, with `post_submission.error` saying why no task ran.
+//!
+//! Every test runs on both backends: each is an `async fn(Db)`, and `on_every_backend!`
+//! turns it into `<test>::postgres` (a fresh database on the local server) and
+//! `<test>::sqlite` (a fresh file in a temp directory).
 
 use collect_backend::{Application, Settings};
-use postsub_testkit::TestDatabase;
+use postsub_testkit::{TestDatabase, TestSqlite};
 use reqwest::{Response, StatusCode};
 use serde_json::{Value, json};
+use sqlx::{Connection, PgConnection, SqliteConnection};
+
+/// For each test `fn name(db: Db)`, a module `name` with one `#[tokio::test]` per backend.
+macro_rules! on_every_backend {
+    ($test:ident) => {
+        mod $test {
+            #[tokio::test]
+            async fn postgres() {
+                super::$test(super::Db::Postgres).await;
+            }
+
+            #[tokio::test]
+            async fn sqlite() {
+                super::$test(super::Db::Sqlite).await;
+            }
+        }
+    };
+}
+
+/// The backend a test runs on.
+#[derive(Debug, Clone, Copy)]
+enum Db {
+    Postgres,
+    Sqlite,
+}
+
+/// A fresh, not yet migrated database on one backend, removed when this drops.
+enum TestDb {
+    Postgres(TestDatabase),
+    Sqlite(TestSqlite),
+}
+
+impl TestDb {
+    async fn create(db: Db) -> Self {
+        match db {
+            Db::Postgres => Self::Postgres(TestDatabase::create("collect").await),
+            Db::Sqlite => Self::Sqlite(TestSqlite::create("collect")),
+        }
+    }
+
+    fn url(&self) -> String {
+        match self {
+            Self::Postgres(db) => db.url.clone(),
+            Self::Sqlite(db) => db.url.clone(),
+        }
+    }
+}
+
+/// Settings on `database_url` with a postsub URL nobody listens on.
+fn settings(database_url: String) -> Settings {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let closed_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    Settings {
+        addr: "127.0.0.1:0".parse().unwrap(),
+        postsub_url: format!("http://127.0.0.1:{closed_port}"),
+        database_url: database_url.into(),
+        postsub_deadline_ms: 500,
+        max_body_bytes: 16 * 1024,
+    }
+}
 
 /// A running backend on its own database.
 struct TestApp {
     address: String,
     client: reqwest::Client,
-    _db: TestDatabase,
+    _db: TestDb,
 }
 
 impl TestApp {
@@ -58,29 +126,19 @@ impl TestApp {
     }
 }
 
-/// Starts the backend on port 0 with a fresh database and a postsub URL nobody listens on.
-async fn spawn_app() -> TestApp {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let db = TestDatabase::create("collect").await;
-    let closed_port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let settings = Settings {
-        addr: "127.0.0.1:0".parse().unwrap(),
-        postsub_url: format!("http://127.0.0.1:{closed_port}"),
-        database_url: db.url.clone().into(),
-        postsub_deadline_ms: 500,
-        max_body_bytes: 16 * 1024,
-    };
-    let application = Application::build(settings).await.expect("backend starts");
+/// Starts the backend on port 0 with a fresh database on `db` and a postsub URL nobody
+/// listens on.
+async fn spawn_app(db: Db) -> TestApp {
+    let test_db = TestDb::create(db).await;
+    let application = Application::build(settings(test_db.url()))
+        .await
+        .expect("backend starts");
     let address = format!("http://{}", application.local_addr());
     tokio::spawn(application.run_until(std::future::pending()));
     TestApp {
         address,
         client: reqwest::Client::new(),
-        _db: db,
+        _db: test_db,
     }
 }
 
@@ -96,9 +154,8 @@ async fn error_of(response: Response, status: StatusCode) -> String {
     message
 }
 
-#[tokio::test]
-async fn creates_and_gets_a_form() {
-    let app = spawn_app().await;
+async fn creates_and_gets_a_form(db: Db) {
+    let app = spawn_app(db).await;
     let id = app.create_form().await;
 
     let response = app.get(&format!("/forms/{id}")).await;
@@ -115,10 +172,10 @@ async fn creates_and_gets_a_form() {
     );
     assert!(form["created_at"].is_string());
 }
+on_every_backend!(creates_and_gets_a_form);
 
-#[tokio::test]
-async fn submit_stores_the_submission_even_when_postsub_is_down() {
-    let app = spawn_app().await;
+async fn submit_stores_the_submission_even_when_postsub_is_down(db: Db) {
+    let app = spawn_app(db).await;
     let form_id = app.create_form().await;
     let answers = json!({"email": "ada@example.com", "age": 36});
 
@@ -150,10 +207,10 @@ async fn submit_stores_the_submission_even_when_postsub_is_down() {
     assert_eq!(listed[0]["id"], body["id"]);
     assert_eq!(listed[0]["answers"], answers);
 }
+on_every_backend!(submit_stores_the_submission_even_when_postsub_is_down);
 
-#[tokio::test]
-async fn lists_submissions_newest_first() {
-    let app = spawn_app().await;
+async fn lists_submissions_newest_first(db: Db) {
+    let app = spawn_app(db).await;
     let form_id = app.create_form().await;
     for n in 1..=3 {
         let response = app
@@ -178,10 +235,10 @@ async fn lists_submissions_newest_first() {
         .collect();
     assert_eq!(order, [&json!(3), &json!(2), &json!(1)]);
 }
+on_every_backend!(lists_submissions_newest_first);
 
-#[tokio::test]
-async fn malformed_json_is_400_with_a_json_error() {
-    let app = spawn_app().await;
+async fn malformed_json_is_400_with_a_json_error(db: Db) {
+    let app = spawn_app(db).await;
     let form_id = app.create_form().await;
     let message = error_of(
         app.post_raw(&format!("/forms/{form_id}/submit"), r#"{"answers": {"#)
@@ -196,10 +253,10 @@ async fn malformed_json_is_400_with_a_json_error() {
     )
     .await;
 }
+on_every_backend!(malformed_json_is_400_with_a_json_error);
 
-#[tokio::test]
-async fn missing_answers_is_refused() {
-    let app = spawn_app().await;
+async fn missing_answers_is_refused(db: Db) {
+    let app = spawn_app(db).await;
     let form_id = app.create_form().await;
     let message = error_of(
         app.post_json(
@@ -212,10 +269,10 @@ async fn missing_answers_is_refused() {
     .await;
     assert!(message.contains("answers"), "{message}");
 }
+on_every_backend!(missing_answers_is_refused);
 
-#[tokio::test]
-async fn answers_that_are_not_an_object_are_refused() {
-    let app = spawn_app().await;
+async fn answers_that_are_not_an_object_are_refused(db: Db) {
+    let app = spawn_app(db).await;
     let form_id = app.create_form().await;
     for answers in [json!("a@b.c"), json!([1, 2]), json!(null)] {
         let message = error_of(
@@ -238,10 +295,10 @@ async fn answers_that_are_not_an_object_are_refused() {
         .unwrap();
     assert_eq!(listed, json!([]));
 }
+on_every_backend!(answers_that_are_not_an_object_are_refused);
 
-#[tokio::test]
-async fn unknown_form_is_404() {
-    let app = spawn_app().await;
+async fn unknown_form_is_404(db: Db) {
+    let app = spawn_app(db).await;
     let unknown = uuid::Uuid::new_v4();
     error_of(
         app.get(&format!("/forms/{unknown}")).await,
@@ -261,10 +318,10 @@ async fn unknown_form_is_404() {
     .await;
     assert!(message.contains(&unknown.to_string()), "{message}");
 }
+on_every_backend!(unknown_form_is_404);
 
-#[tokio::test]
-async fn bad_uuid_in_the_path_is_400() {
-    let app = spawn_app().await;
+async fn bad_uuid_in_the_path_is_400(db: Db) {
+    let app = spawn_app(db).await;
     let message = error_of(app.get("/forms/not-a-uuid").await, StatusCode::BAD_REQUEST).await;
     assert!(message.contains("not-a-uuid"), "{message}");
     error_of(
@@ -274,10 +331,10 @@ async fn bad_uuid_in_the_path_is_400() {
     )
     .await;
 }
+on_every_backend!(bad_uuid_in_the_path_is_400);
 
-#[tokio::test]
-async fn oversize_body_is_413() {
-    let app = spawn_app().await;
+async fn oversize_body_is_413(db: Db) {
+    let app = spawn_app(db).await;
     let form_id = app.create_form().await;
     let big = json!({"answers": {"essay": "x".repeat(32 * 1024)}});
     let message = error_of(
@@ -288,10 +345,10 @@ async fn oversize_body_is_413() {
     .await;
     assert!(message.contains("16384"), "{message}");
 }
+on_every_backend!(oversize_body_is_413);
 
-#[tokio::test]
-async fn form_with_duplicate_keys_is_refused() {
-    let app = spawn_app().await;
+async fn form_with_duplicate_keys_is_refused(db: Db) {
+    let app = spawn_app(db).await;
     let question = json!({"key": "email", "type": "string"});
     let message = error_of(
         app.post_json(
@@ -304,10 +361,10 @@ async fn form_with_duplicate_keys_is_refused() {
     .await;
     assert!(message.contains("email"), "{message}");
 }
+on_every_backend!(form_with_duplicate_keys_is_refused);
 
-#[tokio::test]
-async fn form_with_a_blank_title_or_unknown_type_is_refused() {
-    let app = spawn_app().await;
+async fn form_with_a_blank_title_or_unknown_type_is_refused(db: Db) {
+    let app = spawn_app(db).await;
     error_of(
         app.post_json("/forms", &json!({"title": "  ", "questions": []}))
             .await,
@@ -325,30 +382,102 @@ async fn form_with_a_blank_title_or_unknown_type_is_refused() {
     .await;
     assert!(message.contains("questions[0].type"), "{message}");
 }
+on_every_backend!(form_with_a_blank_title_or_unknown_type_is_refused);
 
-#[tokio::test]
-async fn healthz_and_unknown_routes() {
-    let app = spawn_app().await;
+async fn healthz_and_unknown_routes(db: Db) {
+    let app = spawn_app(db).await;
     assert_eq!(app.get("/healthz").await.status(), StatusCode::OK);
     error_of(app.get("/nope").await, StatusCode::NOT_FOUND).await;
 }
+on_every_backend!(healthz_and_unknown_routes);
+
+async fn build_creates_a_missing_database(db: Db) {
+    let test_db = TestDb::create(db).await;
+    // A database that does not exist yet: a sibling on the server, or the file not yet made.
+    let url = match &test_db {
+        TestDb::Postgres(db) => db.sibling_url("created"),
+        TestDb::Sqlite(db) => {
+            assert!(!db.path.exists());
+            db.url.clone()
+        }
+    };
+    let application = Application::build(settings(url.clone()))
+        .await
+        .expect("backend starts");
+    assert_eq!(count_forms(db, &url).await, 0);
+    application.store().close().await;
+}
+on_every_backend!(build_creates_a_missing_database);
 
 #[tokio::test]
-async fn build_creates_a_missing_database() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let db = TestDatabase::create("collect").await;
-    let settings = Settings {
-        addr: "127.0.0.1:0".parse().unwrap(),
-        postsub_url: "http://127.0.0.1:9".into(),
-        database_url: db.sibling_url("created").into(),
-        postsub_deadline_ms: 100,
-        max_body_bytes: 1024,
+async fn sqlite_creates_the_directory_of_a_bare_path_and_uses_wal() {
+    let tmp = TestSqlite::create("collect");
+    // Like the default `sqlite://.collect/collect.db`, without the scheme.
+    let path = tmp.path.with_file_name(".collect").join("collect.db");
+    let application = Application::build(settings(path.display().to_string()))
+        .await
+        .expect("backend starts");
+    assert!(path.is_file(), "{} was not created", path.display());
+    assert_eq!(application.store().backend(), "sqlite");
+    assert_eq!(application.store().location(), path.display().to_string());
+    let address = format!("http://{}", application.local_addr());
+    tokio::spawn(application.run_until(std::future::pending()));
+    let app = TestApp {
+        address,
+        client: reqwest::Client::new(),
+        _db: TestDb::Sqlite(tmp),
     };
-    let application = Application::build(settings).await.expect("backend starts");
-    let forms: i64 = sqlx::query_scalar("SELECT count(*) FROM forms")
-        .fetch_one(application.pool())
+    let id = app.create_form().await;
+    assert_eq!(
+        app.get(&format!("/forms/{id}")).await.status(),
+        StatusCode::OK
+    );
+
+    let url = format!("sqlite://{}", path.display());
+    assert_eq!(count_forms(Db::Sqlite, &url).await, 1);
+    let mut connection = SqliteConnection::connect(&url).await.unwrap();
+    let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
+        .fetch_one(&mut connection)
         .await
         .unwrap();
-    assert_eq!(forms, 0);
-    application.pool().close().await;
+    assert_eq!(mode, "wal");
+}
+
+#[tokio::test]
+async fn sqlite_path_whose_directory_cannot_be_created_is_refused_naming_it() {
+    let tmp = TestSqlite::create("collect");
+    let file = tmp.path.with_file_name("not-a-directory");
+    std::fs::write(&file, "a regular file").unwrap();
+    let path = file.join("data").join("collect.db");
+    let err = Application::build(settings(format!("sqlite://{}", path.display())))
+        .await
+        .expect_err("a directory cannot be made under a regular file");
+    let message = format!("{err:#}");
+    assert!(
+        message.contains(&path.display().to_string()),
+        "the error does not name {}: {message}",
+        path.display()
+    );
+    assert!(message.contains("COLLECT_DATABASE_URL"), "{message}");
+}
+
+/// The number of forms in the database at `url`, read without the backend.
+async fn count_forms(db: Db, url: &str) -> i64 {
+    const COUNT: &str = "SELECT count(*) FROM forms";
+    match db {
+        Db::Postgres => {
+            let mut connection = PgConnection::connect(url).await.unwrap();
+            sqlx::query_scalar(COUNT)
+                .fetch_one(&mut connection)
+                .await
+                .unwrap()
+        }
+        Db::Sqlite => {
+            let mut connection = SqliteConnection::connect(url).await.unwrap();
+            sqlx::query_scalar(COUNT)
+                .fetch_one(&mut connection)
+                .await
+                .unwrap()
+        }
+    }
 }

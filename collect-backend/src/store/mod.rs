@@ -1,0 +1,117 @@
+//! [`Store`]: forms and submissions in the database `COLLECT_DATABASE_URL` names, behind one
+//! seam. Routes call its methods and never name a backend; below it is one module per
+//! backend, each with its own migrations (`migrations/<backend>/`):
+//!
+//! - [`sqlite`]: one SQLite file (the default, `.collect/collect.db`), so the backend runs
+//!   with nothing installed.
+//! - [`postgres`]: a PostgreSQL database, created on the server if missing.
+//!
+//! Both keep the same two tables and answer every query the same way, down to the order of
+//! [`Store::list_submissions`]; `tests/api.rs` runs the API against both.
+//!
+//! The seam is an enum rather than a trait object: there are two backends, both known here,
+//! and an enum needs neither boxing nor `async_trait`.
+
+pub mod postgres;
+pub mod sqlite;
+
+use uuid::Uuid;
+
+use crate::{
+    forms::{Answers, Form, NewForm, Submission},
+    settings::{Backend, DatabaseUrl},
+};
+
+pub use self::{postgres::PostgresStore, sqlite::SqliteStore};
+
+/// The forms database: a pool on one backend.
+#[derive(Debug, Clone)]
+pub enum Store {
+    /// A PostgreSQL database.
+    Postgres(PostgresStore),
+    /// A SQLite file.
+    Sqlite(SqliteStore),
+}
+
+impl Store {
+    /// Opens the database `url` names, creating it (for SQLite, its directory too) if it is
+    /// missing, and runs the migrations. The error says which database could not be
+    /// reached, created or written.
+    pub async fn open(url: &DatabaseUrl) -> anyhow::Result<Self> {
+        Ok(match url.backend()? {
+            Backend::Postgres => Self::Postgres(PostgresStore::open(url).await?),
+            Backend::Sqlite(path) => Self::Sqlite(SqliteStore::open(path).await?),
+        })
+    }
+
+    /// `"postgres"` or `"sqlite"`, for logs.
+    pub fn backend(&self) -> &'static str {
+        match self {
+            Self::Postgres(_) => "postgres",
+            Self::Sqlite(_) => "sqlite",
+        }
+    }
+
+    /// Where the data is, for logs: the file for SQLite, the URL without its password for
+    /// PostgreSQL.
+    pub fn location(&self) -> String {
+        match self {
+            Self::Postgres(store) => format!("{:?}", store.url()),
+            Self::Sqlite(store) => store.path().display().to_string(),
+        }
+    }
+
+    /// Closes the pool, waiting for connections in use to be returned.
+    pub async fn close(&self) {
+        match self {
+            Self::Postgres(store) => store.close().await,
+            Self::Sqlite(store) => store.close().await,
+        }
+    }
+
+    /// Stores a new form under a fresh id.
+    pub async fn insert_form(&self, form: &NewForm) -> sqlx::Result<Form> {
+        match self {
+            Self::Postgres(store) => store.insert_form(form).await,
+            Self::Sqlite(store) => store.insert_form(form).await,
+        }
+    }
+
+    /// The form with this id, if any.
+    pub async fn get_form(&self, id: Uuid) -> sqlx::Result<Option<Form>> {
+        match self {
+            Self::Postgres(store) => store.get_form(id).await,
+            Self::Sqlite(store) => store.get_form(id).await,
+        }
+    }
+
+    /// Whether a form has this id.
+    pub async fn form_exists(&self, id: Uuid) -> sqlx::Result<bool> {
+        match self {
+            Self::Postgres(store) => store.form_exists(id).await,
+            Self::Sqlite(store) => store.form_exists(id).await,
+        }
+    }
+
+    /// Stores a submission to `form_id` under a fresh id; `None` if there is no such form.
+    /// One statement, so a form deleted meanwhile cannot slip between a check and the
+    /// insert.
+    pub async fn insert_submission(
+        &self,
+        form_id: Uuid,
+        answers: &Answers,
+    ) -> sqlx::Result<Option<Submission>> {
+        match self {
+            Self::Postgres(store) => store.insert_submission(form_id, answers).await,
+            Self::Sqlite(store) => store.insert_submission(form_id, answers).await,
+        }
+    }
+
+    /// Submissions to `form_id`, newest first (ties, if any, by id, descending).
+    pub async fn list_submissions(&self, form_id: Uuid) -> sqlx::Result<Vec<Submission>> {
+        match self {
+            Self::Postgres(store) => store.list_submissions(form_id).await,
+            Self::Sqlite(store) => store.list_submissions(form_id).await,
+        }
+    }
+}
