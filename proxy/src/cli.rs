@@ -1,6 +1,6 @@
 //! The `postsub` command line: server commands and the admin client.
 
-use std::process::ExitCode;
+use std::{io::IsTerminal as _, process::ExitCode};
 
 use clap::{Args, Parser, Subcommand};
 use postsub_tasks::Registry;
@@ -105,6 +105,8 @@ fn init_tracing(default: &str) {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // Colour codes only for a person at a terminal, not in a log file.
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
 }
 

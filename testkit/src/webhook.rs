@@ -4,6 +4,7 @@
 use std::{
     collections::VecDeque,
     sync::{Arc, Mutex},
+    time::Duration,
 };
 
 use axum::{
@@ -33,6 +34,8 @@ struct Inner {
     deliveries: Vec<Delivery>,
     /// Statuses to answer with, in order, before answering 200.
     scripted: VecDeque<StatusCode>,
+    /// How long each request waits before it is answered.
+    latency: Duration,
 }
 
 /// A webhook endpoint on 127.0.0.1, port 0.
@@ -72,6 +75,11 @@ impl WebhookReceiver {
         );
     }
 
+    /// Answers every request only after `latency` (a slow receiver).
+    pub fn set_latency(&self, latency: Duration) {
+        self.inner.lock().expect("receiver lock").latency = latency;
+    }
+
     /// Every delivery so far, in arrival order.
     pub fn deliveries(&self) -> Vec<Delivery> {
         self.inner.lock().expect("receiver lock").deliveries.clone()
@@ -102,6 +110,8 @@ async fn receive(
     let signature_ok = header("webhook-signature")
         .split(' ')
         .any(|candidate| candidate == expected);
+    let latency = inner.lock().expect("receiver lock").latency;
+    tokio::time::sleep(latency).await;
     let mut inner = inner.lock().expect("receiver lock");
     inner.deliveries.push(Delivery {
         id,

@@ -1,6 +1,8 @@
-//! The proxy and worker against the real PostgreSQL and RabbitMQ, each test on its own
-//! database and vhost (one test binary, modules by subject).
+//! The proxy and worker against the real PostgreSQL and RabbitMQ (each test on its own
+//! database and vhost) and on the embedded backend (each test on its own SQLite file); the
+//! contract tests run on both. One test binary, modules by subject.
 
+mod embedded;
 mod helpers;
 mod proxy;
 mod retries;

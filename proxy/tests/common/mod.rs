@@ -2,6 +2,12 @@
 //! cargo runs them one after another).
 #![allow(dead_code)] // each binary uses its own part of this module
 
+use std::{
+    path::Path,
+    process::Stdio,
+    time::{Duration, Instant},
+};
+
 use postsub::{
     json::to_proto_struct,
     pb::{self, task_admin_client::TaskAdminClient},
@@ -10,6 +16,7 @@ use postsub_proxy::{app::DevStack, settings::DevSettings};
 use postsub_tasks::Registry;
 use postsub_testkit::{TestBroker, TestDatabase};
 use serde_json::Value;
+use tokio::process::{Child, Command};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -77,5 +84,84 @@ pub fn process_request(form: Uuid, answers: Value) -> pb::ProcessRequest {
         answers: Some(object(answers)),
         submitted_at: None,
         metadata: Default::default(),
+    }
+}
+
+/// A port nothing listens on now, for a process that must be reached at a known address
+/// (and started again on the same one).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+/// Starts the `postsub` binary with `args` and `env`, its stderr appended to `log`.
+pub fn postsub(args: &[&str], env: &[(&str, &str)], log: &Path) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .expect("open the process log");
+    Command::new(env!("CARGO_BIN_EXE_postsub"))
+        .args(args)
+        .envs(env.iter().copied())
+        .env_remove("AMQP_URL")
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()
+        .expect("the postsub binary starts")
+}
+
+/// Waits until the admin API at `grpc` answers.
+pub async fn wait_for_proxy(grpc: &str) {
+    let start = Instant::now();
+    while TaskAdminClient::connect(grpc.to_owned()).await.is_err() {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the proxy at {grpc} did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Sends SIGTERM to `child` and waits for it to exit; true when it exited cleanly.
+pub async fn terminate(child: &mut Child) -> bool {
+    let pid = child.id().expect("a running child").to_string();
+    let sent = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill runs");
+    assert!(sent.success(), "kill -TERM {pid}");
+    tokio::time::timeout(Duration::from_secs(40), child.wait())
+        .await
+        .expect("the process stops within its drain timeout")
+        .expect("wait for the process")
+        .success()
+}
+
+/// Every run of `form`, through the admin API at `grpc`.
+pub async fn form_runs(grpc: &str, form: Uuid) -> Vec<pb::Run> {
+    let mut admin = TaskAdminClient::connect(grpc.to_owned()).await.unwrap();
+    let mut runs = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let page = admin
+            .list_runs(pb::ListRunsRequest {
+                form_id: form.to_string(),
+                page_size: 1000,
+                page_token,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        runs.extend(page.runs);
+        if page.next_page_token.is_empty() {
+            return runs;
+        }
+        page_token = page.next_page_token;
     }
 }

@@ -112,7 +112,7 @@ impl SqliteStore {
         let mut connection =
             SqliteConnection::connect_with(&options(settings).create_if_missing(true))
                 .await
-                .with_context(|| cannot_open(path))?;
+                .map_err(|err| cannot_open(path, err))?;
         let applied = applied_migrations(&mut connection, path).await?;
         if check_schema(&applied, &MIGRATOR, &describe(path))? == Schema::Empty
             && has_tables(&mut connection).await?
@@ -144,10 +144,16 @@ impl SqliteStore {
     /// Opens a migrated file: the writer task and the read pool.
     pub async fn open(settings: &SqliteSettings) -> anyhow::Result<Self> {
         let path = &settings.path;
+        if !path.exists() {
+            anyhow::bail!(
+                "{} does not exist: run `postsub migrate` first (`postsub dev` migrates by itself)",
+                describe(path)
+            );
+        }
         let options = options(settings).create_if_missing(false);
         let mut writer = SqliteConnection::connect_with(&options)
             .await
-            .with_context(|| cannot_open(path))?;
+            .map_err(|err| cannot_open(path, err))?;
         let applied = applied_migrations(&mut writer, path).await?;
         if check_schema(&applied, &MIGRATOR, &describe(path))?.is_behind() {
             anyhow::bail!(
@@ -160,7 +166,7 @@ impl SqliteStore {
             .acquire_timeout(Duration::from_secs(5))
             .connect_with(options)
             .await
-            .with_context(|| cannot_open(path))?;
+            .map_err(|err| cannot_open(path, err))?;
         let (writer, task) = Writer::start(writer);
         Ok(Self {
             db: Arc::new(Db {
@@ -187,11 +193,24 @@ fn describe(path: &Path) -> String {
     format!("the database file {}", path.display())
 }
 
-fn cannot_open(path: &Path) -> String {
-    format!(
-        "cannot open or create the database file {} (is its directory writable?)",
-        path.display()
-    )
+/// Why a file did not open, in words that say what to do.
+fn cannot_open(path: &Path, err: sqlx::Error) -> anyhow::Error {
+    let code = err.as_database_error().and_then(|db| db.code());
+    match code.as_deref() {
+        // SQLITE_NOTADB
+        Some("26") => anyhow::anyhow!(
+            "{} is not a SQLite database; refusing to change it: point DATABASE_URL at \
+             another file",
+            path.display()
+        ),
+        // SQLITE_CANTOPEN
+        Some("14") => anyhow::anyhow!(
+            "cannot open or create the database file {} (are it and its directory \
+             writable?)",
+            path.display()
+        ),
+        _ => anyhow::Error::new(err).context(format!("cannot open {}", describe(path))),
+    }
 }
 
 /// The migrations applied to the file; empty when none ever were. A file that is not a
@@ -741,5 +760,39 @@ impl TaskState for SqliteStore {
             .await
             .map_err(unavailable)?;
         Ok(stored.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::TimeDelta;
+
+    use super::*;
+
+    #[test]
+    fn timestamps_sort_as_text_across_precisions() {
+        // Whole seconds, milliseconds, microseconds and nanoseconds print with 0, 3, 6 or 9
+        // digits; the offset's `+` sorts before any digit, so text order stays time order.
+        let base = DateTime::parse_from_rfc3339("2026-12-02T05:15:29Z")
+            .unwrap()
+            .to_utc();
+        let times: Vec<DateTime<Utc>> = [
+            0,
+            1,
+            100_000,
+            100_000_000,
+            123_000_000,
+            123_400_000,
+            999_999_999,
+        ]
+        .into_iter()
+        .map(|nanos| base + TimeDelta::nanoseconds(nanos))
+        .chain([base + TimeDelta::seconds(1)])
+        .collect();
+        let texts: Vec<String> = times.iter().copied().map(sql_time).collect();
+        let mut sorted = texts.clone();
+        sorted.sort();
+        assert_eq!(texts, sorted, "{texts:?}");
+        assert_eq!(texts[0], "2026-12-02T05:15:29+00:00");
     }
 }
