@@ -40,6 +40,10 @@ struct Args {
     /// Also run row 3 for this long, printing the process RSS every 5 s (memory flatness).
     #[arg(long, value_parser = humantime::parse_duration)]
     soak: Option<Duration>,
+    /// Run only the embedded backend's rows (7 and 8), without their ratio to row 3: for
+    /// profiling them.
+    #[arg(long)]
+    embedded_only: bool,
 }
 
 #[tokio::main]

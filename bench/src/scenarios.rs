@@ -36,7 +36,7 @@ use postsub_tasks::{
     Registry, Submission,
     google_sheets::{Endpoints, GoogleSheets},
 };
-use postsub_testkit::{SheetsEmulator, TestBroker, TestDatabase, WebhookReceiver};
+use postsub_testkit::{SheetsEmulator, TestBroker, TestDatabase, TestSqlite, WebhookReceiver};
 use serde_json::{Map, Value, json};
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
@@ -72,6 +72,9 @@ fn process_request(form: Uuid, answers: &Map<String, Value>) -> pb::ProcessReque
 
 /// Runs every row in order and derives the ratios.
 pub async fn run_all(args: &Args) -> anyhow::Result<Report> {
+    if args.embedded_only {
+        return run_embedded(args).await;
+    }
     let db = TestDatabase::create("postsub_bench").await;
     // Plain TCP to PostgreSQL, like the gRPC and AMQP connections here: sqlx's default
     // (`sslmode=prefer`) would run rustls over loopback, which measures TLS, not postsub. A
@@ -152,6 +155,8 @@ pub async fn run_all(args: &Args) -> anyhow::Result<Report> {
     stop_worker.cancel();
     let _ = worker.await;
 
+    let embedded = embedded_rows_all(args).await?;
+
     if let Some(soak) = args.soak {
         report
             .notes
@@ -184,6 +189,7 @@ pub async fn run_all(args: &Args) -> anyhow::Result<Report> {
         emulator.appended_rows()
     ));
     let floor_rate = floor.throughput();
+    let full_rate = full.throughput();
     let empty_ratio = empty.throughput() / floor_rate;
     let full_ratio = full.throughput() / floor_rate;
     report.push("1. floor: bare tonic Process", floor, None);
@@ -204,11 +210,98 @@ pub async fn run_all(args: &Args) -> anyhow::Result<Report> {
     report.push("5b. submit route, PostSubmissionLayer", layered_route, None);
     report.push("6a. worker: webhook jobs", webhooks, None);
     report.push("6b. worker: google_sheets rows (100 ms API)", sheets, None);
+    for (process, measured, drain, drained) in embedded {
+        let ratio = measured.throughput() / full_rate;
+        report.push(process, measured, Some((ratio, "row 3")));
+        report.push(drain, drained, None);
+    }
 
     stop.cancel();
     proxy_task.await??;
     services.stop().await;
     Ok(report)
+}
+
+/// Rows 7 and 8 alone.
+async fn run_embedded(args: &Args) -> anyhow::Result<Report> {
+    let mut report = Report {
+        rows: Vec::new(),
+        notes: Vec::new(),
+    };
+    for (process, measured, drain, drained) in embedded_rows_all(args).await? {
+        report.push(process, measured, None);
+        report.push(drain, drained, None);
+    }
+    Ok(report)
+}
+
+/// The embedded rows, by `synchronous` setting: the `Process` row and the drain row.
+const EMBEDDED_ROWS: [(&str, &str, &str); 2] = [
+    (
+        "full",
+        "7a. embedded, FULL: Process 2 sync+1 async",
+        "7b. embedded, FULL: worker webhook drain",
+    ),
+    (
+        "normal",
+        "8a. embedded, NORMAL: Process 2 sync+1 async",
+        "8b. embedded, NORMAL: worker webhook drain",
+    ),
+];
+
+/// Rows 7 and 8, each row's name with what it measured.
+async fn embedded_rows_all(
+    args: &Args,
+) -> anyhow::Result<Vec<(&'static str, Measurement, &'static str, Measurement)>> {
+    let mut rows = Vec::new();
+    for (synchronous, process, drain) in EMBEDDED_ROWS {
+        println!("{process}, then {drain}");
+        let (measured, drained) = embedded_rows(args, synchronous).await?;
+        rows.push((process, measured, drain, drained));
+    }
+    Ok(rows)
+}
+
+/// Rows 7 and 8: `postsub` on the embedded backend (a fresh SQLite file, `synchronous` as
+/// given), with its own proxy and worker in this process: `Process` with row 3's bindings
+/// at full load, then the worker draining the webhook jobs that load queued.
+async fn embedded_rows(
+    args: &Args,
+    synchronous: &str,
+) -> anyhow::Result<(Measurement, Measurement)> {
+    let file = TestSqlite::create("bench");
+    let settings = DevSettings::embedded(
+        &file.url,
+        &[
+            "--sqlite-synchronous",
+            synchronous,
+            "--concurrency",
+            "128",
+            "--prefetch",
+            "256",
+        ],
+    )?;
+    let backend = settings.backend()?;
+    backend.database.migrate().await?;
+    let services = Services::start(&backend, Registry::with_builtins()).await?;
+    let proxy = Proxy::build(&services, &settings.proxy).await?;
+    let grpc = format!("http://{}", proxy.grpc_addr());
+    let stop = CancellationToken::new();
+    let proxy_task = tokio::spawn(proxy.run(stop.clone()));
+    let receiver = WebhookReceiver::start().await;
+    let form = Uuid::new_v4();
+    bind_full(&grpc, form, &receiver).await?;
+    let process = load_process(args, &grpc, form, Load::Callers(args.concurrency)).await?;
+    settle().await;
+    let stop_worker = CancellationToken::new();
+    let worker = tokio::spawn(services.worker(&settings.worker)?.run(stop_worker.clone()));
+    let drain = measure_drain(process.requests, || receiver.deliveries().len() as u64).await;
+    stop_worker.cancel();
+    let _ = worker.await;
+    stop.cancel();
+    proxy_task.await??;
+    services.stop().await;
+    Ok((process, drain))
 }
 
 /// The floor: a tonic server with `Process`'s signature that answers an empty reply.
@@ -514,6 +607,7 @@ async fn soak_memory(
         concurrency: args.concurrency,
         sheet_rows: args.sheet_rows,
         soak: None,
+        embedded_only: false,
     };
     let grpc = grpc.to_owned();
     let load = tokio::spawn(async move {

@@ -33,21 +33,13 @@ pub enum Synchronous {
     Normal,
 }
 
-/// Checks an AMQP URL the way the client will read it, so a typo is an error at start-up
-/// rather than an outage at the first publish.
-fn parse_amqp_url(url: &str) -> Result<String, String> {
-    url.parse::<lapin::uri::AMQPUri>()
-        .map(|_| url.to_owned())
-        .map_err(|err| format!("not an AMQP URL ({err})"))
-}
-
 /// Where RabbitMQ is and how queues are named (PostgreSQL backend only).
 #[derive(Debug, Clone, Args)]
 pub struct BrokerSettings {
     /// AMQP URL, vhost included (`%2f` is the default vhost); only with a PostgreSQL
     /// DATABASE_URL (the embedded backend's queue is in its file). [default:
     /// amqp://guest:guest@127.0.0.1:5672/%2f]
-    #[arg(long, env = "AMQP_URL", hide_env_values = true, value_parser = parse_amqp_url)]
+    #[arg(long, env = "AMQP_URL", hide_env_values = true, value_parser = crate::queue::rabbitmq::parse_amqp_url)]
     pub amqp_url: Option<String>,
     /// Prefix of every queue name (`<prefix>.<kind>`, `<prefix>.<kind>.dead`,
     /// `<prefix>.<kind>.retry.<ms>`).

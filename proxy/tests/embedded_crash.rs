@@ -35,7 +35,7 @@ async fn wait_for_deliveries(receiver: &WebhookReceiver, at_least: usize, within
 }
 
 #[tokio::test]
-async fn postsub_dev_killed_with_jobs_queued_and_in_flight_loses_none() {
+async fn embedded_dev_killed_with_jobs_queued_and_in_flight_loses_none() {
     let file = TestSqlite::create("crash");
     let log = file.path.with_extension("log");
     let receiver = WebhookReceiver::start().await;

@@ -3,6 +3,7 @@
 
 use std::{
     collections::VecDeque,
+    net::SocketAddr,
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -31,6 +32,8 @@ pub struct Delivery {
 
 #[derive(Default)]
 struct Inner {
+    /// Print each delivery to stdout as it arrives.
+    print: bool,
     deliveries: Vec<Delivery>,
     /// Statuses to answer with, in order, before answering 200.
     scripted: VecDeque<StatusCode>,
@@ -49,20 +52,42 @@ pub struct WebhookReceiver {
 }
 
 impl WebhookReceiver {
-    /// Starts a receiver with a fresh secret.
+    /// Starts a receiver on a port the OS picks, with a fresh secret.
     pub async fn start() -> Self {
         let key: [u8; 24] = std::array::from_fn(|i| (i as u8).wrapping_mul(37).wrapping_add(11));
         let secret = format!("whsec_{}", BASE64.encode(key));
-        let inner = Arc::new(Mutex::new(Inner::default()));
+        Self::listen("127.0.0.1:0".parse().expect("an address"), &secret, false)
+            .await
+            .expect("bind webhook receiver")
+    }
+
+    /// Starts a receiver at `addr` (path `/hook`) checking signatures against `secret`
+    /// (`whsec_<base64>`), printing each delivery to stdout when `print` is set.
+    pub async fn listen(addr: SocketAddr, secret: &str, print: bool) -> std::io::Result<Self> {
+        let key = secret
+            .strip_prefix("whsec_")
+            .and_then(|key| BASE64.decode(key).ok())
+            .ok_or_else(|| {
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    "the secret must be whsec_ followed by base64",
+                )
+            })?;
+        let inner = Arc::new(Mutex::new(Inner {
+            print,
+            ..Inner::default()
+        }));
         let app = Router::new()
             .route("/hook", post(receive))
-            .with_state((inner.clone(), key.to_vec()));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind webhook receiver");
-        let url = format!("http://{}/hook", listener.local_addr().expect("local addr"));
+            .with_state((inner.clone(), key));
+        let listener = tokio::net::TcpListener::bind(addr).await?;
+        let url = format!("http://{}/hook", listener.local_addr()?);
         tokio::spawn(async move { axum::serve(listener, app).await });
-        Self { url, secret, inner }
+        Ok(Self {
+            url,
+            secret: secret.to_owned(),
+            inner,
+        })
     }
 
     /// Answers the next requests with these statuses, then 200 again.
@@ -113,10 +138,19 @@ async fn receive(
     let latency = inner.lock().expect("receiver lock").latency;
     tokio::time::sleep(latency).await;
     let mut inner = inner.lock().expect("receiver lock");
-    inner.deliveries.push(Delivery {
+    let delivery = Delivery {
         id,
         body: serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null),
         signature_ok,
-    });
-    inner.scripted.pop_front().unwrap_or(StatusCode::OK)
+    };
+    let status = inner.scripted.pop_front().unwrap_or(StatusCode::OK);
+    if inner.print {
+        println!(
+            "{}",
+            serde_json::json!({"webhook-id": delivery.id, "signature_ok": signature_ok,
+                               "answered": status.as_u16(), "body": delivery.body})
+        );
+    }
+    inner.deliveries.push(delivery);
+    status
 }

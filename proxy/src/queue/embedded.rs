@@ -47,7 +47,7 @@ use crate::{
     job::Job,
     store::{
         StoreError,
-        sqlite::{Db, SqliteStore, insert_runs_if_absent, runs_json, sql_time},
+        sqlite::{Db, SqliteStore, rows::Rows, sql_time},
     },
 };
 
@@ -152,50 +152,17 @@ impl JobQueue for EmbeddedQueue {
         if jobs.is_empty() {
             return Ok(());
         }
+        // Each job with its run, in the same transaction.
         let now = Utc::now();
-        let rows: Vec<Value> = jobs
-            .iter()
-            .map(|new| {
-                let visible_at = new.release_at.unwrap_or(now).max(now);
-                json!({
-                    "run_id": new.job.run_id.simple().to_string(),
-                    "kind": new.job.kind,
-                    "form_id": new.job.submission.form_id.simple().to_string(),
-                    "payload": payload(&new.job),
-                    "visible_at": visible_at.timestamp_millis(),
-                })
-            })
-            .collect();
-        let rows = Value::from(rows).to_string();
-        let runs = runs_json(jobs.iter().map(|new| &new.run));
-        let now = sql_time(now);
-        self.db
-            .writer
-            .write(move |connection| {
-                Box::pin(async move {
-                    // A run that exists already has its job (a repeated `Process` call).
-                    sqlx::query(
-                        "INSERT INTO jobs (run_id, kind, form_id, payload, visible_at, created_at)
-                         SELECT unhex(value ->> 'run_id'), value ->> 'kind',
-                            unhex(value ->> 'form_id'), value ->> 'payload',
-                            value ->> 'visible_at', ?2
-                         FROM json_each(?1)
-                         WHERE NOT EXISTS (SELECT 1 FROM task_runs
-                            WHERE task_runs.run_id = unhex(value ->> 'run_id'))",
-                    )
-                    .bind(rows)
-                    .bind(&now)
-                    .execute(&mut *connection)
-                    .await?;
-                    insert_runs_if_absent(connection, &runs, &now).await
-                })
-            })
-            .await
-            .map_err(unavailable)?;
-        self.wake.notify_waiters();
+        let mut rows = Rows::default();
         for new in &jobs {
-            metrics::counter!("postsub_jobs_queued_total", "kind" => new.job.kind.clone())
-                .increment(1);
+            rows.job(&new.job, new.release_at.unwrap_or(now).max(now));
+            rows.run(&new.run, false);
+        }
+        self.db.writer.write_rows(rows).await.map_err(unavailable)?;
+        self.wake.notify_waiters();
+        for new in jobs {
+            metrics::counter!("postsub_jobs_queued_total", "kind" => new.job.kind).increment(1);
         }
         Ok(())
     }
@@ -537,24 +504,11 @@ struct EmbeddedSettle {
 }
 
 impl EmbeddedSettle {
+    /// Deletes the job, with every other settled job of the transaction.
     async fn delete(&self) -> Result<(), QueueError> {
-        let (id, deliveries) = (self.id, self.deliveries);
-        self.db
-            .writer
-            .write(move |connection| {
-                Box::pin(async move {
-                    sqlx::query(
-                        "DELETE FROM jobs WHERE id = ?1 AND deliveries = ?2 AND state = 'ready'",
-                    )
-                    .bind(id)
-                    .bind(deliveries)
-                    .execute(connection)
-                    .await
-                    .map(drop)
-                })
-            })
-            .await
-            .map_err(unavailable)
+        let mut rows = Rows::default();
+        rows.settled(self.id, self.deliveries);
+        self.db.writer.write_rows(rows).await.map_err(unavailable)
     }
 }
 

@@ -56,6 +56,10 @@ pub struct GoogleSheets {
     endpoints: Endpoints,
     clients: tokio::sync::Mutex<HashMap<PathBuf, Arc<Google>>>,
     writers: Mutex<HashMap<SheetTarget, mpsc::Sender<PendingRow>>>,
+    /// Held while a binding's spreadsheet is created, so that runs of one binding in this
+    /// process create one, even across a reload of the binding (which prepares its config
+    /// anew).
+    creating: tokio::sync::Mutex<()>,
 }
 
 impl GoogleSheets {
@@ -65,6 +69,7 @@ impl GoogleSheets {
             endpoints,
             clients: tokio::sync::Mutex::default(),
             writers: Mutex::default(),
+            creating: tokio::sync::Mutex::default(),
         }
     }
 
@@ -235,7 +240,7 @@ impl TaskBase for GoogleSheets {
         let google = self.client(key_path).await?;
         let spreadsheet_id = config
             .resolved
-            .get_or_try_init(|| resolve(&google, config, context, submission))
+            .get_or_try_init(|| resolve(&google, config, context, submission, &self.creating))
             .await?
             .clone();
         let target = SheetTarget {
@@ -276,18 +281,31 @@ async fn resolve(
     config: &SheetsConfig,
     context: &RunContext,
     submission: &Submission,
+    creating: &tokio::sync::Mutex<()>,
 ) -> Result<String, TaskError> {
     if let Some(id) = &config.spreadsheet_id {
         ensure_tab(google, id, &config.sheet).await?;
         return Ok(id.clone());
     }
     let state_error = |err: crate::StateError| TaskError::retryable(err.to_string());
-    let id = match context
-        .state
-        .get(context.binding_id, SPREADSHEET_KEY)
-        .await
-        .map_err(state_error)?
-    {
+    let stored = || async {
+        context
+            .state
+            .get(context.binding_id, SPREADSHEET_KEY)
+            .await
+            .map_err(state_error)
+    };
+    let mut known = stored().await?;
+    let _creating = match known {
+        Some(Value::String(_)) => None,
+        // Another run of this process may be creating it: wait, then look again.
+        _ => {
+            let guard = creating.lock().await;
+            known = stored().await?;
+            Some(guard)
+        }
+    };
+    let id = match known {
         Some(Value::String(id)) => id,
         _ => {
             let title = config

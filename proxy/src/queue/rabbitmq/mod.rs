@@ -1,5 +1,7 @@
-//! The job queue on RabbitMQ: topology, publishing with confirms, consuming, delays between
-//! attempts and dead letters.
+//! The job queue on RabbitMQ ([`RabbitQueue`]): topology, publishing with confirms,
+//! consuming, delays between attempts and dead letters; and, for broker outages, the
+//! [`outbox`] in PostgreSQL (this backend always pairs with the PostgreSQL store). A
+//! `Process` call's jobs are published, then their runs handed to the run recorder.
 //!
 //! # Queues, per task kind
 //! - `<prefix>.<kind>`: the work queue, durable, fed through the default exchange.
@@ -20,6 +22,8 @@
 //!
 //! Connections are made lazily and remade after a failure (by the next publish, or by the
 //! worker's reconnect loop); queues are declared on first use on each connection.
+//! `Process` publishes on one connection, a worker's retries and dead letters go out on
+//! another, so a busy worker does not slow `Process` down.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -95,6 +99,14 @@ impl From<lapin::Error> for QueueError {
     fn from(err: lapin::Error) -> Self {
         RabbitError::from(err).into()
     }
+}
+
+/// Checks an AMQP URL the way the client will read it, so a typo is an error at start-up
+/// rather than an outage at the first publish.
+pub fn parse_amqp_url(url: &str) -> Result<String, String> {
+    url.parse::<lapin::uri::AMQPUri>()
+        .map(|_| url.to_owned())
+        .map_err(|err| format!("not an AMQP URL ({err})"))
 }
 
 /// Names and connection settings of the queues.

@@ -13,6 +13,7 @@
 //! text), booleans as INTEGER. There is no outbox: a job and its run are committed
 //! together, in this file, so there is nothing to relay.
 
+pub mod rows;
 pub mod writer;
 
 use std::{
@@ -25,17 +26,19 @@ use anyhow::Context as _;
 use async_trait::async_trait;
 use chrono::{DateTime, SecondsFormat, Utc};
 use postsub_tasks::{StateError, TaskState};
-use serde_json::{Value, json};
+use serde_json::Value;
 use sqlx::{
     Connection as _, Sqlite, SqliteConnection, SqlitePool,
     migrate::Migrator,
     sqlite::{SqliteConnectOptions, SqlitePoolOptions, SqliteSynchronous},
     types::Json,
 };
-use tokio::task::JoinHandle;
 use uuid::Uuid;
 
-use self::writer::Writer;
+use self::{
+    rows::Rows,
+    writer::{Writer, WriterTask},
+};
 use super::{
     ATTEMPT_COLUMNS, AttemptRow, BINDING_COLUMNS, Binding, BindingRow, ChangeFeed, NewBinding,
     RUN_COLUMNS, RunFilter, RunRow, RunWrite, Schema, Store, StoreError, StoreResult, attempts_of,
@@ -76,7 +79,7 @@ pub(crate) fn sql_time(time: DateTime<Utc>) -> String {
 pub(crate) struct Db {
     pub(crate) writer: Writer,
     pub(crate) readers: SqlitePool,
-    writer_task: Mutex<Option<(JoinHandle<()>, tokio_util::sync::CancellationToken)>>,
+    writer_task: Mutex<Option<WriterTask>>,
 }
 
 /// postsub's SQLite database.
@@ -92,6 +95,8 @@ fn options(settings: &SqliteSettings) -> SqliteConnectOptions {
         .foreign_keys(true)
         .busy_timeout(BUSY_TIMEOUT)
         .synchronous(settings.synchronous)
+        .pragma("temp_store", "memory")
+        .pragma("cache_size", "-32768")
 }
 
 impl SqliteStore {
@@ -167,7 +172,7 @@ impl SqliteStore {
             .connect_with(options)
             .await
             .map_err(|err| cannot_open(path, err))?;
-        let (writer, task) = Writer::start(writer);
+        let (writer, task) = Writer::start(writer).context("starting the SQLite writer thread")?;
         Ok(Self {
             db: Arc::new(Db {
                 writer,
@@ -283,97 +288,6 @@ pub(crate) fn uuid_list(ids: &[Uuid]) -> String {
             .collect::<Vec<_>>(),
     )
     .to_string()
-}
-
-/// Run records as the JSON array the history statements read.
-pub(crate) fn runs_json<'a>(runs: impl Iterator<Item = &'a Run>) -> String {
-    let rows: Vec<Value> = runs
-        .map(|r| {
-            json!({
-                "run_id": r.run_id.simple().to_string(),
-                "binding_id": r.binding_id.simple().to_string(),
-                "form_id": r.form_id.simple().to_string(),
-                "submission_id": r.submission_id.simple().to_string(),
-                "kind": r.kind,
-                "mode": r.mode.as_str(),
-                "status": r.status.as_str(),
-                "attempts": r.attempts,
-                "output": r.output.as_ref().map(Value::to_string),
-                "flags": serde_json::to_string(&r.flags).expect("flags serialize"),
-                "error": r.error,
-                "created_at": sql_time(r.created_at),
-                "started_at": r.started_at.map(sql_time),
-                "finished_at": r.finished_at.map(sql_time),
-            })
-        })
-        .collect();
-    Value::from(rows).to_string()
-}
-
-const RUNS_FROM_JSON: &str = "INSERT INTO task_runs (run_id, binding_id, form_id,
-        submission_id, kind, mode, status, attempts, output, flags, error, created_at,
-        started_at, finished_at, updated_at)
-    SELECT unhex(value ->> 'run_id'), unhex(value ->> 'binding_id'),
-        unhex(value ->> 'form_id'), unhex(value ->> 'submission_id'), value ->> 'kind',
-        value ->> 'mode', value ->> 'status', value ->> 'attempts', value ->> 'output',
-        value ->> 'flags', value ->> 'error', value ->> 'created_at', value ->> 'started_at',
-        value ->> 'finished_at', ?2
-    FROM json_each(?1) WHERE true";
-
-/// Inserts `queued` run records unless their runs exist (in the caller's transaction):
-/// shared by the history writer and the embedded queue, which commits a `Process` call's
-/// jobs with their runs.
-pub(crate) async fn insert_runs_if_absent(
-    connection: &mut SqliteConnection,
-    runs_json: &str,
-    now: &str,
-) -> sqlx::Result<()> {
-    sqlx::query(sqlx::AssertSqlSafe(format!(
-        "{RUNS_FROM_JSON} ON CONFLICT (run_id) DO NOTHING"
-    )))
-    .bind(runs_json)
-    .bind(now)
-    .execute(connection)
-    .await
-    .map(drop)
-}
-
-async fn write_history(
-    connection: &mut SqliteConnection,
-    inserts: Option<String>,
-    upserts: Option<String>,
-    attempts: Option<String>,
-    now: String,
-) -> sqlx::Result<()> {
-    if let Some(inserts) = inserts {
-        insert_runs_if_absent(&mut *connection, &inserts, &now).await?;
-    }
-    if let Some(upserts) = upserts {
-        sqlx::query(sqlx::AssertSqlSafe(format!(
-            "{RUNS_FROM_JSON} ON CONFLICT (run_id) DO UPDATE SET status = excluded.status,
-                attempts = max(task_runs.attempts, excluded.attempts),
-                output = excluded.output, flags = excluded.flags, error = excluded.error,
-                started_at = coalesce(excluded.started_at, task_runs.started_at),
-                finished_at = excluded.finished_at, updated_at = excluded.updated_at"
-        )))
-        .bind(upserts)
-        .bind(&now)
-        .execute(&mut *connection)
-        .await?;
-    }
-    if let Some(attempts) = attempts {
-        sqlx::query(
-            "INSERT INTO task_attempts (run_id, attempt, status, error, started_at, finished_at)
-             SELECT unhex(value ->> 'run_id'), value ->> 'attempt', value ->> 'status',
-                value ->> 'error', value ->> 'started_at', value ->> 'finished_at'
-             FROM json_each(?1) WHERE true
-             ON CONFLICT (run_id, attempt) DO NOTHING",
-        )
-        .bind(attempts)
-        .execute(&mut *connection)
-        .await?;
-    }
-    Ok(())
 }
 
 /// Who may take a run (?8: the job was redelivered): nobody has yet (`queued`), or the
@@ -532,40 +446,14 @@ impl Store for SqliteStore {
         runs: &[(Run, RunWrite)],
         attempts: &[Attempt],
     ) -> StoreResult<()> {
-        let of = |write: RunWrite| {
-            let mut matching = runs.iter().filter(|(_, w)| *w == write).peekable();
-            matching
-                .peek()
-                .is_some()
-                .then(|| runs_json(matching.map(|(run, _)| run)))
-        };
-        let (inserts, upserts) = (of(RunWrite::InsertIfAbsent), of(RunWrite::Upsert));
-        let attempts = (!attempts.is_empty()).then(|| {
-            let rows: Vec<Value> = attempts
-                .iter()
-                .map(|a| {
-                    json!({
-                        "run_id": a.run_id.simple().to_string(),
-                        "attempt": a.attempt,
-                        "status": a.status.as_str(),
-                        "error": a.error,
-                        "started_at": sql_time(a.started_at),
-                        "finished_at": sql_time(a.finished_at),
-                    })
-                })
-                .collect();
-            Value::from(rows).to_string()
-        });
-        if inserts.is_none() && upserts.is_none() && attempts.is_none() {
-            return Ok(());
+        let mut rows = Rows::default();
+        for (run, write) in runs {
+            rows.run(run, *write == RunWrite::Upsert);
         }
-        let now = sql_time(Utc::now());
-        self.db
-            .writer
-            .write(move |connection| {
-                Box::pin(write_history(connection, inserts, upserts, attempts, now))
-            })
-            .await
+        for attempt in attempts {
+            rows.attempt(attempt);
+        }
+        self.db.writer.write_rows(rows).await
     }
 
     async fn claim_run(&self, run: &Run, job: &Job, redelivered: bool) -> StoreResult<Option<i32>> {
@@ -703,9 +591,8 @@ impl Store for SqliteStore {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .take();
-        if let Some((task, stop)) = task {
-            stop.cancel();
-            let _ = task.await;
+        if let Some(task) = task {
+            task.finish().await;
         }
         self.db.readers.close().await;
     }

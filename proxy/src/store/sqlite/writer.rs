@@ -14,16 +14,14 @@
 //! connection writes). Another process holding the lock is waited for (`busy_timeout`),
 //! and past that the batch is retried with backoff, its reason logged: never dropped.
 
-use std::time::Duration;
+use std::{sync::LazyLock, time::Duration};
 
 use futures_util::future::BoxFuture;
 use sqlx::{Connection as _, SqliteConnection, error::ErrorKind};
-use tokio::{
-    sync::{mpsc, oneshot},
-    task::JoinHandle,
-};
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
+use super::rows::{self, Rows};
 use crate::store::{StoreError, StoreResult};
 
 /// Ops waiting for the writer before callers wait to send more.
@@ -35,18 +33,36 @@ const MAX_BATCH: usize = 1_000;
 /// and the ops sent so far are committed.
 #[derive(Clone)]
 pub struct Writer {
-    ops: mpsc::Sender<Box<dyn Op>>,
+    ops: mpsc::Sender<Message>,
+}
+
+/// What callers send the writer.
+enum Message {
+    /// A write of its own statements.
+    Op(Box<dyn Op>),
+    /// Rows of the hot statements, merged with every other caller's.
+    Rows(Rows, oneshot::Sender<StoreResult<()>>),
 }
 
 impl Writer {
-    /// Starts the writer task over `connection`. Cancelling the token stops it: ops sent
-    /// until then are committed, later ones fail with [`StoreError::Closed`], and the
-    /// connection is closed (which checkpoints the WAL).
-    pub fn start(connection: SqliteConnection) -> (Self, (JoinHandle<()>, CancellationToken)) {
+    /// Starts the writer over `connection`, on a thread of its own: a batch makes a round
+    /// trip to SQLite's connection thread per statement, and on the shared runtime each
+    /// would wait behind the request handlers for a turn.
+    pub fn start(connection: SqliteConnection) -> std::io::Result<(Self, WriterTask)> {
         let (ops, receiver) = mpsc::channel(QUEUE);
         let stop = CancellationToken::new();
-        let task = tokio::spawn(write_batches(connection, receiver, stop.clone()));
-        (Self { ops }, (task, stop))
+        let (done, finished) = oneshot::channel();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()?;
+        let writing = write_batches(connection, receiver, stop.clone());
+        std::thread::Builder::new()
+            .name("postsub-sqlite-writer".into())
+            .spawn(move || {
+                runtime.block_on(writing);
+                let _ = done.send(());
+            })?;
+        Ok((Self { ops }, WriterTask { finished, stop }))
     }
 
     /// Runs `write` in the next transaction and returns its result once that transaction
@@ -62,10 +78,39 @@ impl Writer {
     {
         let (reply, answer) = oneshot::channel();
         self.ops
-            .send(Box::new(WriteOp { write, reply }))
+            .send(Message::Op(Box::new(WriteOp { write, reply })))
             .await
             .map_err(|_| StoreError::Closed)?;
         answer.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Writes `rows` in the next transaction, with every other caller's rows of that
+    /// transaction in one round trip (see [`super::rows`]); returns once it has committed.
+    pub async fn write_rows(&self, rows: Rows) -> StoreResult<()> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let (reply, answer) = oneshot::channel();
+        self.ops
+            .send(Message::Rows(rows, reply))
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        answer.await.map_err(|_| StoreError::Closed)?
+    }
+}
+
+/// The writer's thread, to stop it.
+pub struct WriterTask {
+    finished: oneshot::Receiver<()>,
+    stop: CancellationToken,
+}
+
+impl WriterTask {
+    /// Commits the ops sent so far (later ones fail with [`StoreError::Closed`]), closes the
+    /// connection (which checkpoints the WAL) and waits for the thread to end.
+    pub async fn finish(self) {
+        self.stop.cancel();
+        let _ = self.finished.await;
     }
 }
 
@@ -148,7 +193,7 @@ pub(crate) fn is_busy(err: &sqlx::Error) -> bool {
 
 async fn write_batches(
     mut connection: SqliteConnection,
-    mut ops: mpsc::Receiver<Box<dyn Op>>,
+    mut ops: mpsc::Receiver<Message>,
     stop: CancellationToken,
 ) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
@@ -175,19 +220,84 @@ async fn write_batches(
 
 async fn commit_batch(
     connection: &mut SqliteConnection,
-    batch: impl ExactSizeIterator<Item = Box<dyn Op>>,
+    batch: impl ExactSizeIterator<Item = Message>,
 ) {
+    let mut ops = Vec::new();
+    let mut rows = Rows::default();
+    let mut waiting = Vec::new();
+    for message in batch {
+        match message {
+            Message::Op(op) => ops.push(op),
+            Message::Rows(more, reply) => {
+                rows.merge(more);
+                waiting.push(reply);
+            }
+        }
+    }
+    let outcome = if ops.is_empty() {
+        write_rows_alone(connection, &rows).await
+    } else {
+        write_with_ops(connection, ops, &rows).await
+    };
+    if let Err(reason) = &outcome {
+        tracing::error!(error = %reason, "a SQLite write transaction failed");
+    }
+    for reply in waiting {
+        let _ = reply.send(outcome.clone().map_err(StoreError::NotCommitted));
+    }
+}
+
+/// Begins, writes `rows` and commits in one query; retried with backoff while another
+/// process holds the write lock past `busy_timeout` (a query that failed at its `BEGIN`
+/// wrote nothing, and rows can be written again).
+async fn write_rows_alone(connection: &mut SqliteConnection, rows: &Rows) -> Result<(), String> {
+    static ALONE: LazyLock<String> =
+        LazyLock::new(|| format!("BEGIN IMMEDIATE; {} COMMIT;", &*rows::SQL));
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        match write_rows(connection, &ALONE, rows).await {
+            Ok(()) => return Ok(()),
+            Err(err) => {
+                // SQLite may have rolled back already, or not begun; then this fails harmlessly.
+                let _ = execute(connection, "ROLLBACK").await;
+                if !is_busy(&err) {
+                    return Err(err.to_string());
+                }
+                tracing::warn!(error = %err, retry_in = ?backoff,
+                    "the database is locked by another connection past busy_timeout; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+            }
+        }
+    }
+}
+
+async fn write_rows(connection: &mut SqliteConnection, sql: &str, rows: &Rows) -> sqlx::Result<()> {
+    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+    for argument in rows.arguments() {
+        query = query.bind(argument);
+    }
+    query.execute(connection).await.map(drop)
+}
+
+/// Runs the ops in one transaction, then writes `rows` and commits in one more round trip.
+/// An op's own error is its alone; one that dooms the transaction fails the rest.
+async fn write_with_ops(
+    connection: &mut SqliteConnection,
+    ops: Vec<Box<dyn Op>>,
+    rows: &Rows,
+) -> Result<(), String> {
+    static ROWS_AND_COMMIT: LazyLock<String> = LazyLock::new(|| format!("{} COMMIT;", &*rows::SQL));
     if let Err(err) = begin_immediate(connection).await {
         let reason = err.to_string();
-        tracing::error!(error = %reason, "cannot start a write transaction");
-        for op in batch {
+        for op in ops {
             op.fail(StoreError::NotCommitted(reason.clone()));
         }
-        return;
+        return Err(reason);
     }
-    let mut ran = Vec::with_capacity(batch.len());
+    let mut ran = Vec::with_capacity(ops.len());
     let mut doomed: Option<String> = None;
-    for op in batch {
+    for op in ops {
         if let Some(reason) = &doomed {
             op.fail(StoreError::NotCommitted(reason.clone()));
             continue;
@@ -197,20 +307,22 @@ async fn commit_batch(
         ran.push(done.deliver);
     }
     let outcome = match doomed {
-        Some(reason) => Some(reason),
-        None => execute(connection, "COMMIT")
+        Some(reason) => Err(reason),
+        None if rows.is_empty() => execute(connection, "COMMIT")
             .await
-            .err()
-            .map(|err| err.to_string()),
+            .map_err(|err| err.to_string()),
+        None => write_rows(connection, &ROWS_AND_COMMIT, rows)
+            .await
+            .map_err(|err| err.to_string()),
     };
-    if let Some(reason) = &outcome {
+    if outcome.is_err() {
         // SQLite may have rolled back already (a full disk); then this fails harmlessly.
         let _ = execute(connection, "ROLLBACK").await;
-        tracing::error!(error = %reason, writes = ran.len(), "a SQLite write transaction failed");
     }
     for deliver in ran {
-        deliver(outcome.as_deref());
+        deliver(outcome.as_ref().err().map(String::as_str));
     }
+    outcome
 }
 
 async fn execute(connection: &mut SqliteConnection, sql: &'static str) -> sqlx::Result<()> {
