@@ -8,7 +8,9 @@
 //! confirms of a job-sized message (the floor of RabbitMQ here), then (4b) the same at row
 //! 3b's rate;
 //! (5) an HTTP submit route with and without `PostSubmissionLayer`; (6) the worker draining
-//! webhook jobs, and `google_sheets` rows against the Sheets emulator answering after 100 ms.
+//! webhook jobs, and `google_sheets` rows against the Sheets emulator answering after 100 ms;
+//! (7, 8) the embedded backend (one SQLite file, `synchronous` full, then normal): `Process`
+//! with row 3's bindings, and the worker draining the webhook jobs that row queued.
 //!
 //! Everything runs in this process on loopback; each row's load is a fixed number of
 //! callers for a fixed time (closed loop), except rows 3b and 4b, which send at a fixed rate

@@ -1,6 +1,8 @@
 //! The `collect-backend` binary: reads settings and signals, then serves until stopped.
 #![forbid(unsafe_code)]
 
+use std::io::IsTerminal as _;
+
 use clap::Parser;
 use collect_backend::{Application, Settings};
 use tracing_subscriber::EnvFilter;
@@ -9,6 +11,9 @@ use tracing_subscriber::EnvFilter;
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        // Colour codes only for a person at a terminal, not in a log file.
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr)
         .init();
     let application = Application::build(Settings::parse()).await?;
     let store = application.store();

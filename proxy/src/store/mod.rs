@@ -226,6 +226,95 @@ pub trait Store: TaskState + Send + Sync {
     async fn close(&self);
 }
 
+/// The reads both backends make with the same SQL (SQLite takes PostgreSQL's `$1`
+/// placeholders too), as functions over a pool of type `$pool`: expanded in each
+/// backend's module, whose `Store` methods call them.
+macro_rules! shared_reads {
+    ($pool:ty) => {
+        /// Every binding, or a form's, oldest first (the order results are reported in).
+        async fn read_bindings(
+            pool: &$pool,
+            form_id: Option<uuid::Uuid>,
+        ) -> sqlx::Result<Vec<$crate::store::Binding>> {
+            let rows: Vec<$crate::store::BindingRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                "SELECT {} FROM bindings WHERE $1 IS NULL OR form_id = $1 ORDER BY created_at, id",
+                $crate::store::BINDING_COLUMNS
+            )))
+            .bind(form_id)
+            .fetch_all(pool)
+            .await?;
+            Ok(rows.into_iter().map(Into::into).collect())
+        }
+
+        async fn read_binding(
+            pool: &$pool,
+            id: uuid::Uuid,
+        ) -> sqlx::Result<Option<$crate::store::Binding>> {
+            let row: Option<$crate::store::BindingRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                "SELECT {} FROM bindings WHERE id = $1",
+                $crate::store::BINDING_COLUMNS
+            )))
+            .bind(id)
+            .fetch_optional(pool)
+            .await?;
+            Ok(row.map(Into::into))
+        }
+
+        async fn read_run_input(
+            pool: &$pool,
+            run_id: uuid::Uuid,
+        ) -> sqlx::Result<Option<$crate::job::Job>> {
+            let input: Option<Option<sqlx::types::Json<$crate::job::Job>>> =
+                sqlx::query_scalar("SELECT input FROM task_runs WHERE run_id = $1")
+                    .bind(run_id)
+                    .fetch_optional(pool)
+                    .await?;
+            Ok(input.flatten().map(|job| job.0))
+        }
+
+        async fn read_run(pool: &$pool, run_id: uuid::Uuid) -> sqlx::Result<Option<$crate::run::Run>> {
+            let row: Option<$crate::store::RunRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                "SELECT {} FROM task_runs WHERE run_id = $1",
+                $crate::store::RUN_COLUMNS
+            )))
+            .bind(run_id)
+            .fetch_optional(pool)
+            .await?;
+            Ok(row.map(Into::into))
+        }
+
+        async fn read_attempts(
+            pool: &$pool,
+            run: &$crate::run::Run,
+        ) -> sqlx::Result<Vec<$crate::run::Attempt>> {
+            let rows: Vec<$crate::store::AttemptRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                "SELECT {} FROM task_attempts WHERE run_id = $1 ORDER BY attempt",
+                $crate::store::ATTEMPT_COLUMNS
+            )))
+            .bind(run.run_id)
+            .fetch_all(pool)
+            .await?;
+            Ok($crate::store::attempts_of(run, rows))
+        }
+
+        async fn read_state(
+            pool: &$pool,
+            binding_id: uuid::Uuid,
+            key: &str,
+        ) -> sqlx::Result<Option<serde_json::Value>> {
+            let value: Option<sqlx::types::Json<serde_json::Value>> = sqlx::query_scalar(
+                "SELECT value FROM task_state WHERE binding_id = $1 AND key = $2",
+            )
+            .bind(binding_id)
+            .bind(key)
+            .fetch_optional(pool)
+            .await?;
+            Ok(value.map(|v| v.0))
+        }
+    };
+}
+use shared_reads;
+
 // Row types shared by both backends: sqlx decodes them from either.
 
 #[derive(sqlx::FromRow)]

@@ -22,9 +22,8 @@ use tokio::sync::Mutex;
 use uuid::Uuid;
 
 use super::{
-    ATTEMPT_COLUMNS, AttemptRow, BINDING_COLUMNS, Binding, BindingRow, ChangeFeed, NewBinding,
-    RUN_COLUMNS, RunFilter, RunRow, RunWrite, Store, StoreResult, attempts_of, check_schema,
-    list_runs_query,
+    BINDING_COLUMNS, Binding, BindingRow, ChangeFeed, NewBinding, RunFilter, RunRow, RunWrite,
+    Store, StoreResult, check_schema, list_runs_query,
 };
 use crate::{
     job::Job,
@@ -33,6 +32,8 @@ use crate::{
 };
 
 static MIGRATOR: Migrator = sqlx::migrate!("../migrations/postgres");
+
+super::shared_reads!(PgPool);
 
 /// The channel the `bindings_changed` trigger notifies.
 const CHANNEL: &str = "postsub_bindings";
@@ -194,32 +195,15 @@ static HISTORY_SQL: LazyLock<String> = LazyLock::new(|| {
 #[async_trait]
 impl Store for PgStore {
     async fn all_bindings(&self) -> StoreResult<Vec<Binding>> {
-        let rows: Vec<BindingRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "SELECT {BINDING_COLUMNS} FROM bindings ORDER BY created_at, id"
-        )))
-        .fetch_all(&self.pool)
-        .await?;
-        Ok(rows.into_iter().map(Binding::from).collect())
+        Ok(read_bindings(&self.pool, None).await?)
     }
 
     async fn form_bindings(&self, form_id: Uuid) -> StoreResult<Vec<Binding>> {
-        let rows: Vec<BindingRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "SELECT {BINDING_COLUMNS} FROM bindings WHERE form_id = $1 ORDER BY created_at, id"
-        )))
-        .bind(form_id)
-        .fetch_all(&self.pool)
-        .await?;
-        Ok(rows.into_iter().map(Binding::from).collect())
+        Ok(read_bindings(&self.pool, Some(form_id)).await?)
     }
 
     async fn get_binding(&self, id: Uuid) -> StoreResult<Option<Binding>> {
-        let row: Option<BindingRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "SELECT {BINDING_COLUMNS} FROM bindings WHERE id = $1"
-        )))
-        .bind(id)
-        .fetch_optional(&self.pool)
-        .await?;
-        Ok(row.map(Binding::from))
+        Ok(read_binding(&self.pool, id).await?)
     }
 
     async fn insert_binding(&self, new: NewBinding) -> StoreResult<Binding> {
@@ -406,32 +390,15 @@ impl Store for PgStore {
     }
 
     async fn run_input(&self, run_id: Uuid) -> StoreResult<Option<Job>> {
-        let input: Option<Option<Json<Job>>> =
-            sqlx::query_scalar("SELECT input FROM task_runs WHERE run_id = $1")
-                .bind(run_id)
-                .fetch_optional(&self.pool)
-                .await?;
-        Ok(input.flatten().map(|job| job.0))
+        Ok(read_run_input(&self.pool, run_id).await?)
     }
 
     async fn get_run(&self, run_id: Uuid) -> StoreResult<Option<Run>> {
-        let row: Option<RunRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "SELECT {RUN_COLUMNS} FROM task_runs WHERE run_id = $1"
-        )))
-        .bind(run_id)
-        .fetch_optional(&self.pool)
-        .await?;
-        Ok(row.map(Run::from))
+        Ok(read_run(&self.pool, run_id).await?)
     }
 
     async fn run_attempts(&self, run: &Run) -> StoreResult<Vec<Attempt>> {
-        let rows: Vec<AttemptRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "SELECT {ATTEMPT_COLUMNS} FROM task_attempts WHERE run_id = $1 ORDER BY attempt"
-        )))
-        .bind(run.run_id)
-        .fetch_all(&self.pool)
-        .await?;
-        Ok(attempts_of(run, rows))
+        Ok(read_attempts(&self.pool, run).await?)
     }
 
     async fn list_runs(&self, filter: &RunFilter, limit: i64) -> StoreResult<Vec<Run>> {
@@ -459,14 +426,9 @@ fn unavailable(err: sqlx::Error) -> StateError {
 #[async_trait]
 impl TaskState for PgStore {
     async fn get(&self, binding_id: Uuid, key: &str) -> Result<Option<Value>, StateError> {
-        let value: Option<Json<Value>> =
-            sqlx::query_scalar("SELECT value FROM task_state WHERE binding_id = $1 AND key = $2")
-                .bind(binding_id)
-                .bind(key)
-                .fetch_optional(&self.pool)
-                .await
-                .map_err(unavailable)?;
-        Ok(value.map(|v| v.0))
+        read_state(&self.pool, binding_id, key)
+            .await
+            .map_err(unavailable)
     }
 
     async fn put_if_absent(

@@ -40,9 +40,8 @@ use self::{
     writer::{Writer, WriterTask},
 };
 use super::{
-    ATTEMPT_COLUMNS, AttemptRow, BINDING_COLUMNS, Binding, BindingRow, ChangeFeed, NewBinding,
-    RUN_COLUMNS, RunFilter, RunRow, RunWrite, Schema, Store, StoreError, StoreResult, attempts_of,
-    check_schema, list_runs_query,
+    BINDING_COLUMNS, Binding, BindingRow, ChangeFeed, NewBinding, RunFilter, RunRow, RunWrite,
+    Schema, Store, StoreError, StoreResult, check_schema, list_runs_query,
 };
 use crate::{
     job::Job,
@@ -50,6 +49,8 @@ use crate::{
 };
 
 static MIGRATOR: Migrator = sqlx::migrate!("../migrations/sqlite");
+
+super::shared_reads!(SqlitePool);
 
 /// How often a process looks for binding changes another process made.
 const CHANGE_POLL: Duration = Duration::from_millis(250);
@@ -333,32 +334,15 @@ impl SqliteStore {
 #[async_trait]
 impl Store for SqliteStore {
     async fn all_bindings(&self) -> StoreResult<Vec<Binding>> {
-        let rows: Vec<BindingRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "SELECT {BINDING_COLUMNS} FROM bindings ORDER BY created_at, id"
-        )))
-        .fetch_all(&self.db.readers)
-        .await?;
-        Ok(rows.into_iter().map(Binding::from).collect())
+        Ok(read_bindings(&self.db.readers, None).await?)
     }
 
     async fn form_bindings(&self, form_id: Uuid) -> StoreResult<Vec<Binding>> {
-        let rows: Vec<BindingRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "SELECT {BINDING_COLUMNS} FROM bindings WHERE form_id = ?1 ORDER BY created_at, id"
-        )))
-        .bind(form_id)
-        .fetch_all(&self.db.readers)
-        .await?;
-        Ok(rows.into_iter().map(Binding::from).collect())
+        Ok(read_bindings(&self.db.readers, Some(form_id)).await?)
     }
 
     async fn get_binding(&self, id: Uuid) -> StoreResult<Option<Binding>> {
-        let row: Option<BindingRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "SELECT {BINDING_COLUMNS} FROM bindings WHERE id = ?1"
-        )))
-        .bind(id)
-        .fetch_optional(&self.db.readers)
-        .await?;
-        Ok(row.map(Binding::from))
+        Ok(read_binding(&self.db.readers, id).await?)
     }
 
     async fn insert_binding(&self, new: NewBinding) -> StoreResult<Binding> {
@@ -545,32 +529,15 @@ impl Store for SqliteStore {
     }
 
     async fn run_input(&self, run_id: Uuid) -> StoreResult<Option<Job>> {
-        let input: Option<Option<Json<Job>>> =
-            sqlx::query_scalar("SELECT input FROM task_runs WHERE run_id = ?1")
-                .bind(run_id)
-                .fetch_optional(&self.db.readers)
-                .await?;
-        Ok(input.flatten().map(|job| job.0))
+        Ok(read_run_input(&self.db.readers, run_id).await?)
     }
 
     async fn get_run(&self, run_id: Uuid) -> StoreResult<Option<Run>> {
-        let row: Option<RunRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "SELECT {RUN_COLUMNS} FROM task_runs WHERE run_id = ?1"
-        )))
-        .bind(run_id)
-        .fetch_optional(&self.db.readers)
-        .await?;
-        Ok(row.map(Run::from))
+        Ok(read_run(&self.db.readers, run_id).await?)
     }
 
     async fn run_attempts(&self, run: &Run) -> StoreResult<Vec<Attempt>> {
-        let rows: Vec<AttemptRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "SELECT {ATTEMPT_COLUMNS} FROM task_attempts WHERE run_id = ?1 ORDER BY attempt"
-        )))
-        .bind(run.run_id)
-        .fetch_all(&self.db.readers)
-        .await?;
-        Ok(attempts_of(run, rows))
+        Ok(read_attempts(&self.db.readers, run).await?)
     }
 
     async fn list_runs(&self, filter: &RunFilter, limit: i64) -> StoreResult<Vec<Run>> {
@@ -606,14 +573,9 @@ fn unavailable(err: StoreError) -> StateError {
 #[async_trait]
 impl TaskState for SqliteStore {
     async fn get(&self, binding_id: Uuid, key: &str) -> Result<Option<Value>, StateError> {
-        let value: Option<Json<Value>> =
-            sqlx::query_scalar("SELECT value FROM task_state WHERE binding_id = ?1 AND key = ?2")
-                .bind(binding_id)
-                .bind(key)
-                .fetch_optional(&self.db.readers)
-                .await
-                .map_err(|err| unavailable(err.into()))?;
-        Ok(value.map(|v| v.0))
+        read_state(&self.db.readers, binding_id, key)
+            .await
+            .map_err(|err| unavailable(err.into()))
     }
 
     async fn put_if_absent(
