@@ -12,6 +12,43 @@
 //! The seam is an enum rather than a trait object: there are two backends, both known here,
 //! and an enum needs neither boxing nor `async_trait`.
 
+/// The reads both backends make with the same SQL (SQLite takes PostgreSQL's `$1`
+/// placeholders too), as methods of `$store`, whose field `pool` they read from: expanded
+/// in each backend's module.
+macro_rules! shared_reads {
+    ($store:ty) => {
+        impl $store {
+            /// See [`super::Store::get_form`].
+            pub async fn get_form(&self, id: Uuid) -> sqlx::Result<Option<Form>> {
+                sqlx::query_as("SELECT id, title, questions, created_at FROM forms WHERE id = $1")
+                    .bind(id)
+                    .fetch_optional(&self.pool)
+                    .await
+            }
+
+            /// See [`super::Store::form_exists`].
+            pub async fn form_exists(&self, id: Uuid) -> sqlx::Result<bool> {
+                sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM forms WHERE id = $1)")
+                    .bind(id)
+                    .fetch_one(&self.pool)
+                    .await
+            }
+
+            /// See [`super::Store::list_submissions`].
+            pub async fn list_submissions(&self, form_id: Uuid) -> sqlx::Result<Vec<Submission>> {
+                sqlx::query_as(
+                    "SELECT id, form_id, answers, created_at FROM submissions WHERE form_id = $1
+                     ORDER BY created_at DESC, id DESC",
+                )
+                .bind(form_id)
+                .fetch_all(&self.pool)
+                .await
+            }
+        }
+    };
+}
+use shared_reads;
+
 pub mod postgres;
 pub mod sqlite;
 

@@ -12,6 +12,8 @@ use crate::{
     settings::DatabaseUrl,
 };
 
+super::shared_reads!(PostgresStore);
+
 /// A pool on the forms database of a PostgreSQL server.
 #[derive(Debug, Clone)]
 pub struct PostgresStore {
@@ -75,22 +77,6 @@ impl PostgresStore {
         .await
     }
 
-    /// See [`super::Store::get_form`].
-    pub async fn get_form(&self, id: Uuid) -> sqlx::Result<Option<Form>> {
-        sqlx::query_as("SELECT id, title, questions, created_at FROM forms WHERE id = $1")
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await
-    }
-
-    /// See [`super::Store::form_exists`].
-    pub async fn form_exists(&self, id: Uuid) -> sqlx::Result<bool> {
-        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM forms WHERE id = $1)")
-            .bind(id)
-            .fetch_one(&self.pool)
-            .await
-    }
-
     /// See [`super::Store::insert_submission`].
     pub async fn insert_submission(
         &self,
@@ -106,17 +92,6 @@ impl PostgresStore {
         .bind(form_id)
         .bind(Json(answers))
         .fetch_optional(&self.pool)
-        .await
-    }
-
-    /// See [`super::Store::list_submissions`].
-    pub async fn list_submissions(&self, form_id: Uuid) -> sqlx::Result<Vec<Submission>> {
-        sqlx::query_as(
-            "SELECT id, form_id, answers, created_at FROM submissions WHERE form_id = $1
-             ORDER BY created_at DESC, id DESC",
-        )
-        .bind(form_id)
-        .fetch_all(&self.pool)
         .await
     }
 }

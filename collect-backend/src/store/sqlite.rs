@@ -26,6 +26,8 @@ use crate::forms::{Answers, Form, NewForm, Submission};
 /// How long a statement waits for another connection's write lock.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
+super::shared_reads!(SqliteStore);
+
 /// A pool on the forms database file.
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
@@ -103,22 +105,6 @@ impl SqliteStore {
         .await
     }
 
-    /// See [`super::Store::get_form`].
-    pub async fn get_form(&self, id: Uuid) -> sqlx::Result<Option<Form>> {
-        sqlx::query_as("SELECT id, title, questions, created_at FROM forms WHERE id = ?1")
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await
-    }
-
-    /// See [`super::Store::form_exists`].
-    pub async fn form_exists(&self, id: Uuid) -> sqlx::Result<bool> {
-        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM forms WHERE id = ?1)")
-            .bind(id)
-            .fetch_one(&self.pool)
-            .await
-    }
-
     /// See [`super::Store::insert_submission`].
     pub async fn insert_submission(
         &self,
@@ -135,17 +121,6 @@ impl SqliteStore {
         .bind(Json(answers))
         .bind(now())
         .fetch_optional(&self.pool)
-        .await
-    }
-
-    /// See [`super::Store::list_submissions`].
-    pub async fn list_submissions(&self, form_id: Uuid) -> sqlx::Result<Vec<Submission>> {
-        sqlx::query_as(
-            "SELECT id, form_id, answers, created_at FROM submissions WHERE form_id = ?1
-             ORDER BY created_at DESC, id DESC",
-        )
-        .bind(form_id)
-        .fetch_all(&self.pool)
         .await
     }
 }

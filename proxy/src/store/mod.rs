@@ -226,6 +226,41 @@ pub trait Store: TaskState + Send + Sync {
     async fn close(&self);
 }
 
+/// How a worker takes a run: to start it ([`Store::claim_run`]) or to mark it expired
+/// instead ([`Store::expire_run`]).
+#[derive(Clone, Copy)]
+pub(crate) enum Take {
+    Claim,
+    Expire,
+}
+
+/// The statement that takes a run, the same on both backends but for the clock: `now` is
+/// the SQL for the current time (`now()` on PostgreSQL, a bound `$11` on SQLite). Binds $1–$7
+/// the run's columns up to `created_at`, $8 whether the job was redelivered, $9 the job
+/// (stored as the run's input when it has none yet), $10 the error; returns the attempts.
+pub(crate) fn take_run_sql(take: Take, now: &str) -> String {
+    let (status, attempts, time_column, update) = match take {
+        Take::Claim => (
+            "running",
+            1,
+            "started_at",
+            format!("attempts = task_runs.attempts + 1, started_at = {now}, finished_at = NULL"),
+        ),
+        Take::Expire => ("expired", 0, "finished_at", format!("finished_at = {now}")),
+    };
+    // Who may take a run: nobody has yet (`queued`), or the worker that held it is gone (a
+    // redelivered job finds it `running`).
+    format!(
+        "INSERT INTO task_runs (run_id, binding_id, form_id, submission_id, kind, mode, status,
+            attempts, created_at, {time_column}, input, error, updated_at)
+         VALUES ($1, $2, $3, $4, $5, $6, '{status}', {attempts}, $7, {now}, $9, $10, {now})
+         ON CONFLICT (run_id) DO UPDATE SET status = '{status}', {update}, error = $10,
+            input = coalesce(task_runs.input, excluded.input), updated_at = {now}
+         WHERE task_runs.status = 'queued' OR (task_runs.status = 'running' AND $8)
+         RETURNING attempts"
+    )
+}
+
 /// The reads both backends make with the same SQL (SQLite takes PostgreSQL's `$1`
 /// placeholders too), as functions over a pool of type `$pool`: expanded in each
 /// backend's module, whose `Store` methods call them.

@@ -23,7 +23,7 @@ use uuid::Uuid;
 
 use super::{
     BINDING_COLUMNS, Binding, BindingRow, ChangeFeed, NewBinding, RunFilter, RunRow, RunWrite,
-    Store, StoreResult, check_schema, list_runs_query,
+    Store, StoreResult, Take, check_schema, list_runs_query, take_run_sql,
 };
 use crate::{
     job::Job,
@@ -130,15 +130,15 @@ impl ChangeFeed for Listener {
     }
 }
 
-/// Who may take a run ($8: the message was redelivered): nobody has yet (`queued`), or the
-/// worker that held it is gone (a redelivered message finds it `running`).
-const TAKEABLE: &str = "task_runs.status = 'queued' OR (task_runs.status = 'running' AND $8)";
+/// The statements that take a run, built once.
+static CLAIM_SQL: LazyLock<String> = LazyLock::new(|| take_run_sql(Take::Claim, "now()"));
+static EXPIRE_SQL: LazyLock<String> = LazyLock::new(|| take_run_sql(Take::Expire, "now()"));
 
 impl PgStore {
     /// Runs one of the statements that take a run, with their shared parameters.
     async fn take_run(
         &self,
-        sql: String,
+        sql: &'static str,
         run: &Run,
         job: &Job,
         redelivered: bool,
@@ -326,17 +326,7 @@ impl Store for PgStore {
     }
 
     async fn claim_run(&self, run: &Run, job: &Job, redelivered: bool) -> StoreResult<Option<i32>> {
-        let sql = format!(
-            "INSERT INTO task_runs (run_id, binding_id, form_id, submission_id, kind, mode, status,
-                attempts, created_at, started_at, input, error)
-             VALUES ($1, $2, $3, $4, $5, $6, 'running', 1, $7, now(), $9, $10)
-             ON CONFLICT (run_id) DO UPDATE SET status = 'running',
-                attempts = task_runs.attempts + 1, started_at = now(), finished_at = NULL,
-                error = $10, input = COALESCE(task_runs.input, EXCLUDED.input), updated_at = now()
-             WHERE {TAKEABLE}
-             RETURNING attempts"
-        );
-        self.take_run(sql, run, job, redelivered, None).await
+        self.take_run(&CLAIM_SQL, run, job, redelivered, None).await
     }
 
     async fn expire_run(
@@ -346,17 +336,8 @@ impl Store for PgStore {
         redelivered: bool,
         error: &str,
     ) -> StoreResult<bool> {
-        let sql = format!(
-            "INSERT INTO task_runs (run_id, binding_id, form_id, submission_id, kind, mode, status,
-                attempts, created_at, finished_at, input, error)
-             VALUES ($1, $2, $3, $4, $5, $6, 'expired', 0, $7, now(), $9, $10)
-             ON CONFLICT (run_id) DO UPDATE SET status = 'expired', finished_at = now(),
-                error = $10, input = COALESCE(task_runs.input, EXCLUDED.input), updated_at = now()
-             WHERE {TAKEABLE}
-             RETURNING attempts"
-        );
         let taken = self
-            .take_run(sql, run, job, redelivered, Some(error))
+            .take_run(&EXPIRE_SQL, run, job, redelivered, Some(error))
             .await?;
         Ok(taken.is_some())
     }

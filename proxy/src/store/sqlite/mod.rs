@@ -18,7 +18,7 @@ pub mod writer;
 
 use std::{
     path::{Path, PathBuf},
-    sync::{Arc, Mutex},
+    sync::{Arc, LazyLock, Mutex},
     time::Duration,
 };
 
@@ -41,7 +41,7 @@ use self::{
 };
 use super::{
     BINDING_COLUMNS, Binding, BindingRow, ChangeFeed, NewBinding, RunFilter, RunRow, RunWrite,
-    Schema, Store, StoreError, StoreResult, check_schema, list_runs_query,
+    Schema, Store, StoreError, StoreResult, Take, check_schema, list_runs_query, take_run_sql,
 };
 use crate::{
     job::Job,
@@ -291,15 +291,15 @@ pub(crate) fn uuid_list(ids: &[Uuid]) -> String {
     .to_string()
 }
 
-/// Who may take a run (?8: the job was redelivered): nobody has yet (`queued`), or the
-/// worker that held it is gone (a redelivered job finds it `running`).
-const TAKEABLE: &str = "task_runs.status = 'queued' OR (task_runs.status = 'running' AND ?8)";
+/// The statements that take a run, built once.
+static CLAIM_SQL: LazyLock<String> = LazyLock::new(|| take_run_sql(Take::Claim, "$11"));
+static EXPIRE_SQL: LazyLock<String> = LazyLock::new(|| take_run_sql(Take::Expire, "$11"));
 
 impl SqliteStore {
     /// Runs one of the statements that take a run, with their shared parameters.
     async fn take_run(
         &self,
-        sql: String,
+        sql: &'static str,
         run: &Run,
         job: &Job,
         redelivered: bool,
@@ -441,17 +441,7 @@ impl Store for SqliteStore {
     }
 
     async fn claim_run(&self, run: &Run, job: &Job, redelivered: bool) -> StoreResult<Option<i32>> {
-        let sql = format!(
-            "INSERT INTO task_runs (run_id, binding_id, form_id, submission_id, kind, mode, status,
-                attempts, created_at, started_at, input, error, updated_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'running', 1, ?7, ?11, ?9, ?10, ?11)
-             ON CONFLICT (run_id) DO UPDATE SET status = 'running',
-                attempts = task_runs.attempts + 1, started_at = ?11, finished_at = NULL,
-                error = ?10, input = coalesce(task_runs.input, excluded.input), updated_at = ?11
-             WHERE {TAKEABLE}
-             RETURNING attempts"
-        );
-        self.take_run(sql, run, job, redelivered, None).await
+        self.take_run(&CLAIM_SQL, run, job, redelivered, None).await
     }
 
     async fn expire_run(
@@ -461,17 +451,8 @@ impl Store for SqliteStore {
         redelivered: bool,
         error: &str,
     ) -> StoreResult<bool> {
-        let sql = format!(
-            "INSERT INTO task_runs (run_id, binding_id, form_id, submission_id, kind, mode, status,
-                attempts, created_at, finished_at, input, error, updated_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'expired', 0, ?7, ?11, ?9, ?10, ?11)
-             ON CONFLICT (run_id) DO UPDATE SET status = 'expired', finished_at = ?11,
-                error = ?10, input = coalesce(task_runs.input, excluded.input), updated_at = ?11
-             WHERE {TAKEABLE}
-             RETURNING attempts"
-        );
         let taken = self
-            .take_run(sql, run, job, redelivered, Some(error))
+            .take_run(&EXPIRE_SQL, run, job, redelivered, Some(error))
             .await?;
         Ok(taken.is_some())
     }
