@@ -33,7 +33,10 @@ use http::{HeaderValue, Request, Response, header};
 use http_body::Body;
 use http_body_util::{BodyExt, Either, Full};
 use serde_json::{Map, Value, json};
-use tonic::transport::{Channel, Endpoint};
+use tonic::{
+    metadata::{Ascii, MetadataValue},
+    transport::{Channel, Endpoint},
+};
 use tower::Layer;
 
 use crate::{
@@ -79,6 +82,8 @@ struct Settings {
     deadline: Duration,
     max_body_bytes: usize,
     fields: SubmissionFields,
+    /// `Bearer <token>`, marked sensitive.
+    bearer: Option<MetadataValue<Ascii>>,
 }
 
 /// Layer that calls the postsub proxy's `Process` after every successful submission.
@@ -102,6 +107,7 @@ impl PostSubmissionLayer {
             client: PostSubmissionClient::new(channel),
             settings: Arc::new(Settings {
                 deadline: Duration::from_secs(2),
+                bearer: None,
                 max_body_bytes: 1024 * 1024,
                 fields: SubmissionFields::default(),
             }),
@@ -129,6 +135,20 @@ impl PostSubmissionLayer {
     pub fn max_body_bytes(mut self, limit: usize) -> Self {
         Arc::make_mut(&mut self.settings).max_body_bytes = limit;
         self
+    }
+
+    /// Calls `Process` with `authorization: Bearer <token>`: a token of the `submit` scope
+    /// (`postsub tokens create --scope submit`). Fails when the token holds characters a
+    /// header cannot carry.
+    pub fn bearer_token(
+        mut self,
+        token: &str,
+    ) -> Result<Self, tonic::metadata::errors::InvalidMetadataValue> {
+        let mut value = MetadataValue::try_from(format!("Bearer {}", token.trim()))?;
+        // Kept out of `Debug` output, so a logged layer shows no token.
+        value.set_sensitive(true);
+        Arc::make_mut(&mut self.settings).bearer = Some(value);
+        Ok(self)
     }
 
     /// Names of the response-body fields that describe the submission.
@@ -262,7 +282,7 @@ where
     };
 
     let post_submission = match process_request(&object, &settings.fields, metadata) {
-        Ok(request) => call_process(client, request, settings.deadline).await,
+        Ok(request) => call_process(client, request, settings).await,
         Err(reason) => failed(reason),
     };
     object.insert("post_submission".into(), post_submission);
@@ -308,13 +328,33 @@ fn process_request(
 async fn call_process(
     mut client: PostSubmissionClient<Channel>,
     request: pb::ProcessRequest,
-    deadline: Duration,
+    settings: &Settings,
 ) -> Value {
+    let deadline = settings.deadline;
     let mut request = tonic::Request::new(request);
     // Sent as `grpc-timeout` so the proxy stops working on a call nobody waits for.
     request.set_timeout(deadline);
+    if let Some(bearer) = &settings.bearer {
+        request
+            .metadata_mut()
+            .insert("authorization", bearer.clone());
+    }
     match tokio::time::timeout(deadline, client.process(request)).await {
         Ok(Ok(reply)) => reply_to_json(reply.into_inner()),
+        Ok(Err(status))
+            if matches!(
+                status.code(),
+                tonic::Code::Unauthenticated | tonic::Code::PermissionDenied
+            ) =>
+        {
+            tracing::error!(code = ?status.code(), message = status.message(),
+                "the postsub proxy refused this backend's token");
+            failed(format!(
+                "post-submission tasks did not run: the postsub proxy refused the token: {} ({:?})",
+                status.message(),
+                status.code()
+            ))
+        }
         Ok(Err(status)) => {
             tracing::warn!(code = ?status.code(), message = status.message(), "Process failed");
             failed(format!(

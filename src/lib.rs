@@ -7,13 +7,16 @@
 //!   shape answers and task outputs travel in.
 //! - [`layer`]: [`PostSubmissionLayer`], which calls `Process` after every successful submit
 //!   and merges the reply into the response body under `post_submission`.
+//! - [`secret`]: [`Secret`], a token or password kept out of `Debug` output.
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]
 
 pub mod json;
 pub mod layer;
+pub mod secret;
 
 pub use layer::{PostSubmission, PostSubmissionLayer, ResponseFuture};
+pub use secret::Secret;
 
 /// Generated code of the `postsub.v1` protobuf package.
 #[allow(missing_docs, clippy::all)]

@@ -28,7 +28,7 @@ use postsub::{
     },
 };
 use postsub_proxy::{
-    app::{Proxy, Services},
+    app::{Launch, Proxy, Services},
     job::Job,
     settings::DevSettings,
 };
@@ -101,7 +101,7 @@ pub async fn run_all(args: &Args) -> anyhow::Result<Report> {
         drive_base_url: emulator.drive_base_url(),
     }));
     let services = Services::start(&backend, registry).await?;
-    let proxy = Proxy::build(&services, &settings.proxy).await?;
+    let proxy = Proxy::build(&services, &settings.proxy, Launch::Dev).await?;
     let grpc = format!("http://{}", proxy.grpc_addr());
     let stop = CancellationToken::new();
     let proxy_task = tokio::spawn(proxy.run(stop.clone()));
@@ -284,7 +284,7 @@ async fn embedded_rows(
     let backend = settings.backend()?;
     backend.database.migrate().await?;
     let services = Services::start(&backend, Registry::with_builtins()).await?;
-    let proxy = Proxy::build(&services, &settings.proxy).await?;
+    let proxy = Proxy::build(&services, &settings.proxy, Launch::Dev).await?;
     let grpc = format!("http://{}", proxy.grpc_addr());
     let stop = CancellationToken::new();
     let proxy_task = tokio::spawn(proxy.run(stop.clone()));

@@ -3,6 +3,7 @@
 use std::{fmt, net::SocketAddr, path::PathBuf, str::FromStr, time::Duration};
 
 use clap::Parser;
+use postsub::Secret;
 
 /// Where forms are kept when `COLLECT_DATABASE_URL` is not set: a SQLite file under the
 /// working directory, so the backend runs with nothing installed.
@@ -19,6 +20,11 @@ pub struct Settings {
     /// URL of the postsub proxy's gRPC endpoint, called after every submission.
     #[arg(long, env = "POSTSUB_URL", default_value = "http://127.0.0.1:50051")]
     pub postsub_url: String,
+
+    /// The `submit` token the proxy asks for (`postsub tokens create --scope submit`); none
+    /// for `postsub dev` on loopback without tokens.
+    #[arg(long, env = "POSTSUB_TOKEN", hide_env_values = true)]
+    pub postsub_token: Option<Secret>,
 
     /// Database of forms and submissions, created at startup if missing: `sqlite://PATH` or a
     /// bare PATH for a SQLite file (its directory is created too), `postgres://…` for

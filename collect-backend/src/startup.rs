@@ -28,7 +28,7 @@ impl Application {
     /// connected lazily, so it need not be up yet.
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         let store = Store::open(&settings.database_url).await?;
-        let post_submission = PostSubmissionLayer::connect_lazy(&settings.postsub_url)
+        let mut post_submission = PostSubmissionLayer::connect_lazy(&settings.postsub_url)
             .with_context(|| {
                 format!(
                     "POSTSUB_URL `{}` is not a valid URL; use http://host:port",
@@ -36,6 +36,11 @@ impl Application {
                 )
             })?
             .deadline(settings.postsub_deadline());
+        if let Some(token) = &settings.postsub_token {
+            post_submission = post_submission
+                .bearer_token(token.expose())
+                .context("POSTSUB_TOKEN holds characters an HTTP header cannot carry")?;
+        }
         let listener = TcpListener::bind(settings.addr).await.with_context(|| {
             format!("cannot listen on {}; is COLLECT_ADDR free?", settings.addr)
         })?;

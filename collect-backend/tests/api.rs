@@ -68,6 +68,7 @@ fn settings(database_url: String) -> Settings {
     Settings {
         addr: "127.0.0.1:0".parse().unwrap(),
         postsub_url: format!("http://127.0.0.1:{closed_port}"),
+        postsub_token: None,
         database_url: database_url.into(),
         postsub_deadline_ms: 500,
         max_body_bytes: 16 * 1024,

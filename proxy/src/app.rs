@@ -17,9 +17,11 @@ use tonic::transport::server::TcpIncoming;
 
 use crate::{
     admin::Admin,
+    auth::{RequireTokenLayer, TokenCache, TokenCacheTask},
     backend::Backend,
     bindings::BindingCache,
     dispatch::{DispatchLimits, Dispatcher},
+    follow::{Followed, follow_changes},
     queue::JobQueue,
     recorder::{Recorder, RecorderTask},
     settings::{DevSettings, ProxySettings, WorkerSettings},
@@ -31,9 +33,11 @@ use crate::{
 const RECORDER_CAPACITY: usize = 10_000;
 /// How long shutdown waits for the recorder to write what it holds.
 const RECORDER_FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often a proxy without authentication says so.
+const NO_AUTH_WARNING: Duration = Duration::from_secs(60);
 
 /// What the proxy and the worker share: store, job queue, task kinds, binding cache,
-/// recorder.
+/// tokens, recorder.
 pub struct Services {
     /// The store.
     pub store: Arc<dyn Store>,
@@ -43,6 +47,9 @@ pub struct Services {
     pub registry: Registry,
     /// Bindings in memory, kept fresh until shutdown.
     pub cache: BindingCache,
+    /// API tokens in memory, kept fresh until shutdown.
+    pub tokens: TokenCache,
+    token_task: TokenCacheTask,
     /// The batching run-history writer.
     pub recorder: Recorder,
     recorder_task: RecorderTask,
@@ -60,13 +67,27 @@ impl Services {
         let cache = BindingCache::load(opened.store.clone(), registry.clone())
             .await
             .context("loading bindings")?;
+        let tokens = TokenCache::load(opened.store.clone())
+            .await
+            .context("loading API tokens")?;
+        let token_task = tokens.start_flushing();
         let stop_following = CancellationToken::new();
-        let follower = tokio::spawn(cache.clone().follow_changes(stop_following.clone()));
+        let followed = Followed {
+            bindings: cache.clone(),
+            tokens: tokens.clone(),
+        };
+        let follower = tokio::spawn(follow_changes(
+            opened.store.clone(),
+            followed,
+            stop_following.clone(),
+        ));
         Ok(Self {
             store: opened.store,
             queue: opened.queue,
             registry,
             cache,
+            tokens,
+            token_task,
             recorder: opened.recorder,
             recorder_task: opened.recorder_task,
             follower,
@@ -79,6 +100,7 @@ impl Services {
     pub async fn stop(self) {
         self.stop_following.cancel();
         let _ = self.follower.await;
+        self.token_task.finish().await;
         drop(self.recorder);
         if !self.recorder_task.finish(RECORDER_FLUSH_TIMEOUT).await {
             tracing::error!("the run recorder did not finish writing in time");
@@ -139,11 +161,68 @@ pub struct Proxy {
     queue: Arc<dyn JobQueue>,
     store: Arc<dyn Store>,
     max_answers_bytes: usize,
+    auth: Auth,
+}
+
+/// Whether the proxy asks for tokens.
+enum Auth {
+    /// Every call needs a token of its method's scope.
+    Required(RequireTokenLayer),
+    /// `postsub dev` on a loopback address with no token made yet: a first run.
+    OffForDev,
+    /// `--no-auth`.
+    Off,
+}
+
+/// Who starts the proxy, which decides whether it may run without tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Launch {
+    /// `postsub serve`: tokens, unless `--no-auth`.
+    Serve,
+    /// `postsub dev`: on a loopback address, no token needed until one is made.
+    Dev,
+}
+
+impl Auth {
+    /// Decided once at start-up: tokens are required when any is stored or
+    /// `POSTSUB_ADMIN_TOKEN` is set; with none, `serve` (and `dev` on an address others can
+    /// reach) refuses to start, `dev` on loopback runs open.
+    fn choose(
+        settings: &ProxySettings,
+        tokens: &TokenCache,
+        launch: Launch,
+        grpc_addr: SocketAddr,
+    ) -> anyhow::Result<Self> {
+        if settings.no_auth {
+            return Ok(Auth::Off);
+        }
+        let bootstrap = settings.admin_token.as_ref().map(|token| token.expose());
+        if !tokens.is_empty() || bootstrap.is_some() {
+            return Ok(Auth::Required(RequireTokenLayer::new(
+                tokens.clone(),
+                bootstrap,
+            )));
+        }
+        if launch == Launch::Dev && grpc_addr.ip().is_loopback() {
+            return Ok(Auth::OffForDev);
+        }
+        anyhow::bail!(
+            "no API token exists, and without one nobody could call this proxy. Create one with \
+             `postsub tokens create --name NAME --scope admin` (same DATABASE_URL), or set \
+             POSTSUB_ADMIN_TOKEN; `--no-auth` runs without tokens, for a network where only \
+             trusted callers can reach {grpc_addr}"
+        )
+    }
 }
 
 impl Proxy {
-    /// Binds both listeners and connects to the queue, if it answers.
-    pub async fn build(services: &Services, settings: &ProxySettings) -> anyhow::Result<Self> {
+    /// Binds both listeners and connects to the queue, if it answers. Fails when `launch`
+    /// may not run without tokens and none exists (see [`Launch`]).
+    pub async fn build(
+        services: &Services,
+        settings: &ProxySettings,
+        launch: Launch,
+    ) -> anyhow::Result<Self> {
         // A queue away at start-up is an outage like any other: RabbitMQ's jobs wait in the
         // outbox and the relay publishes them once the broker answers.
         if let Err(err) = services.queue.connect().await {
@@ -156,6 +235,13 @@ impl Proxy {
         let http = TcpListener::bind(settings.http_addr)
             .await
             .with_context(|| format!("cannot listen on {} (HTTP)", settings.http_addr))?;
+        let auth = Auth::choose(
+            settings,
+            &services.tokens,
+            launch,
+            grpc.local_addr()
+                .context("the gRPC listener has no address")?,
+        )?;
         let dispatcher = Dispatcher::new(
             services.cache.clone(),
             services.queue.clone(),
@@ -180,6 +266,7 @@ impl Proxy {
             queue: services.queue.clone(),
             store: services.store.clone(),
             max_answers_bytes: settings.max_answers_bytes,
+            auth,
         })
     }
 
@@ -211,7 +298,25 @@ impl Proxy {
         // Decoding stops well before memory is at risk; the precise answers limit, with a
         // readable message, is the dispatcher's.
         let max_message = self.max_answers_bytes.saturating_mul(2).max(64 * 1024);
+        let require_token = match self.auth {
+            Auth::Required(layer) => {
+                tracing::info!("every gRPC call needs a token (health checks excepted)");
+                layer
+            }
+            Auth::OffForDev => {
+                tracing::warn!(
+                    "no token needed: `postsub dev` on a loopback address with no API token \
+                     made; once one exists (`postsub tokens create`), the next start asks for it"
+                );
+                RequireTokenLayer::disabled()
+            }
+            Auth::Off => {
+                tokio::spawn(warn_without_auth(shutdown.clone()));
+                RequireTokenLayer::disabled()
+            }
+        };
         let grpc = tonic::transport::Server::builder()
+            .layer(require_token)
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
@@ -238,6 +343,20 @@ impl Proxy {
     }
 }
 
+/// Warns every minute until `shutdown` that anyone who reaches the proxy may call it.
+async fn warn_without_auth(shutdown: CancellationToken) {
+    let mut every = tokio::time::interval(NO_AUTH_WARNING);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = every.tick() => tracing::warn!(
+                "--no-auth: this proxy answers every call without a token; anyone who can \
+                 reach it can read submissions and change bindings"
+            ),
+        }
+    }
+}
+
 /// A running `postsub dev`: migrated database, proxy and worker in this process.
 pub struct DevStack {
     grpc_addr: SocketAddr,
@@ -256,7 +375,7 @@ impl DevStack {
         let backend = settings.backend()?;
         backend.database.migrate().await?;
         let services = Services::start(&backend, registry).await?;
-        let proxy = Proxy::build(&services, &settings.proxy).await?;
+        let proxy = Proxy::build(&services, &settings.proxy, Launch::Dev).await?;
         let (grpc_addr, http_addr) = (proxy.grpc_addr(), proxy.http_addr());
         let worker = services.worker(&settings.worker)?;
         let stop = shutdown.clone();

@@ -90,6 +90,14 @@ impl Database {
         }
     }
 
+    /// Opens the store of a migrated database, without the queue.
+    pub async fn open_store(&self) -> anyhow::Result<Arc<dyn Store>> {
+        Ok(match self {
+            Database::Postgres(url) => Arc::new(PgStore::connect_migrated(url).await?),
+            Database::Sqlite(settings) => Arc::new(SqliteStore::open(settings).await?),
+        })
+    }
+
     /// What it is and where, passwords hidden, for people to read.
     pub fn describe(&self) -> String {
         match self {

@@ -2,16 +2,13 @@
 //! the database.
 //!
 //! A snapshot of all bindings, with each config already prepared by its task kind (rules
-//! compiled, clients built), is swapped in atomically. It is rebuilt when the store's change
-//! feed announces a change made by any process (PostgreSQL: `LISTEN`, SQLite: a polled
-//! version counter) and after every reconnect of that feed, so a missed notification costs
-//! at most one reconnect.
+//! compiled, clients built), is swapped in atomically. [`crate::follow`] rebuilds it when
+//! the store's change feed announces a change made by any process.
 
-use std::{collections::HashMap, sync::Arc, time::Duration};
+use std::{collections::HashMap, sync::Arc};
 
 use arc_swap::ArcSwap;
 use postsub_tasks::{PreparedTask, Registry};
-use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::store::{Binding, Store, StoreResult};
@@ -91,39 +88,5 @@ impl BindingCache {
             .collect();
         self.snapshot.store(Arc::new(snapshot));
         Ok(())
-    }
-
-    /// Keeps the cache fresh until `shutdown`: reloads on every change notification, and
-    /// after reconnecting when the database connection drops.
-    pub async fn follow_changes(self, shutdown: CancellationToken) {
-        let mut backoff = Duration::from_millis(100);
-        while !shutdown.is_cancelled() {
-            match self.listen(&shutdown).await {
-                Ok(()) => return,
-                Err(err) => {
-                    tracing::warn!(error = %err, ?backoff, "binding change listener lost; reconnecting");
-                    tokio::select! {
-                        () = shutdown.cancelled() => return,
-                        () = tokio::time::sleep(backoff) => {}
-                    }
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                }
-            }
-        }
-    }
-
-    async fn listen(&self, shutdown: &CancellationToken) -> StoreResult<()> {
-        let mut feed = self.store.binding_changes().await?;
-        // Changes made while nobody listened.
-        self.reload().await?;
-        loop {
-            tokio::select! {
-                () = shutdown.cancelled() => return Ok(()),
-                changed = feed.changed() => {
-                    changed?;
-                    self.reload().await?;
-                }
-            }
-        }
     }
 }

@@ -7,10 +7,11 @@ use postsub_tasks::Registry;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    app::{DevStack, Proxy, Services},
+    app::{DevStack, Launch, Proxy, Services},
     backend::{Backend, Database, SERVER_DATABASE},
     client::{self, BindingsCommand, DlqCommand, RunsCommand},
     settings::{BrokerSettings, DatabaseSettings, DevSettings, ProxySettings, WorkerSettings},
+    tokens::{self, TokensCommand},
 };
 
 /// postsub: post-submission tasks for form backends.
@@ -45,6 +46,9 @@ enum Command {
     Dlq(DlqCommand),
     /// What the job queue holds, per task kind.
     Queues(client::QueuesArgs),
+    /// Make, list and revoke API tokens (in the database itself: DATABASE_URL).
+    #[command(subcommand)]
+    Tokens(TokensCommand),
 }
 
 #[derive(Debug, Args)]
@@ -77,6 +81,7 @@ pub async fn main() -> ExitCode {
             | Command::Runs(_)
             | Command::Dlq(_)
             | Command::Queues(_)
+            | Command::Tokens(_)
     );
     init_tracing(if server { "info" } else { "warn" });
     let result = match cli.command {
@@ -89,6 +94,7 @@ pub async fn main() -> ExitCode {
         Command::Runs(command) => client::runs(command).await,
         Command::Dlq(command) => client::dlq(command).await,
         Command::Queues(args) => client::queues(args).await,
+        Command::Tokens(command) => tokens::tokens(command).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -127,7 +133,7 @@ fn server_backend(database: &DatabaseSettings, broker: &BrokerSettings) -> anyho
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let backend = server_backend(&args.database, &args.broker)?;
     let services = Services::start(&backend, Registry::with_builtins()).await?;
-    let proxy = Proxy::build(&services, &args.proxy).await?;
+    let proxy = Proxy::build(&services, &args.proxy, Launch::Serve).await?;
     announce(&proxy);
     proxy.run(shutdown_signal()).await?;
     services.stop().await;

@@ -9,9 +9,16 @@ use postsub::{
 };
 use postsub_tasks::Mode;
 use serde_json::{Value, json};
-use tonic::transport::Channel;
+use tonic::{
+    metadata::{Ascii, MetadataValue},
+    service::{Interceptor, interceptor::InterceptedService},
+    transport::Channel,
+};
 
-use crate::run::{AttemptStatus, RunStatus, mode_from_proto, mode_to_proto};
+use crate::{
+    run::{AttemptStatus, RunStatus, mode_from_proto, mode_to_proto},
+    settings::Secret,
+};
 
 /// Which proxy to talk to.
 #[derive(Debug, Clone, Args)]
@@ -19,6 +26,10 @@ pub struct ServerArgs {
     /// The proxy's gRPC address.
     #[arg(long, env = "POSTSUB_SERVER", default_value = "http://127.0.0.1:50051")]
     server: String,
+    /// The API token to call it with (`postsub tokens create`); `read` scope for lists,
+    /// `admin` for changes.
+    #[arg(long, env = "POSTSUB_TOKEN", hide_env_values = true)]
+    token: Option<Secret>,
 }
 
 /// Binding options, flags named as in the API; the proxy checks them. Durations are
@@ -204,14 +215,54 @@ pub struct QueuesArgs {
     json: bool,
 }
 
-async fn connect(server: &ServerArgs) -> anyhow::Result<TaskAdminClient<Channel>> {
-    TaskAdminClient::connect(server.server.clone())
+/// The admin client, every call carrying the token.
+type Client = TaskAdminClient<InterceptedService<Channel, Bearer>>;
+
+async fn connect(server: &ServerArgs) -> anyhow::Result<Client> {
+    let bearer = match &server.token {
+        Some(token) => {
+            let mut value = MetadataValue::try_from(format!("Bearer {}", token.expose()))
+                .context("the token holds characters a header cannot carry")?;
+            value.set_sensitive(true);
+            Some(value)
+        }
+        None => None,
+    };
+    let channel = Channel::from_shared(server.server.clone())
+        .with_context(|| format!("{} is not a URL", server.server))?
+        .connect()
         .await
-        .with_context(|| format!("cannot reach the postsub proxy at {}", server.server))
+        .with_context(|| format!("cannot reach the postsub proxy at {}", server.server))?;
+    Ok(TaskAdminClient::with_interceptor(channel, Bearer(bearer)))
+}
+
+/// Adds `authorization: Bearer <token>` to every call, when there is a token.
+#[derive(Clone)]
+struct Bearer(Option<MetadataValue<Ascii>>);
+
+impl Interceptor for Bearer {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(value) = &self.0 {
+            request
+                .metadata_mut()
+                .insert("authorization", value.clone());
+        }
+        Ok(request)
+    }
 }
 
 /// A gRPC error as the person at the terminal should read it.
 fn status_error(status: tonic::Status) -> anyhow::Error {
+    if status.code() == tonic::Code::Unauthenticated {
+        return anyhow!(
+            "{} ({:?}); the CLI sends the token given with --token or POSTSUB_TOKEN",
+            status.message(),
+            status.code()
+        );
+    }
     anyhow!("{} ({:?})", status.message(), status.code())
 }
 
@@ -323,7 +374,7 @@ fn run_json(run: pb::Run) -> Value {
     json
 }
 
-fn print_json(value: &Value) {
+pub(crate) fn print_json(value: &Value) {
     println!(
         "{}",
         serde_json::to_string_pretty(value).expect("JSON values serialize")

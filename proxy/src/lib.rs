@@ -8,7 +8,10 @@
 //! - [`dispatch`]: `Process`: sync tasks inline, async tasks to the queue.
 //! - [`worker`]: consumes jobs, runs them, retries or dead-letters them; [`execute`]:
 //!   running one task once, shared by both.
-//! - [`bindings`]: the in-memory binding cache, kept fresh by the store's change feed.
+//! - [`bindings`]: the in-memory binding cache; [`follow`]: keeping it and the tokens fresh
+//!   from the store's change feed.
+//! - [`auth`]: API tokens and scopes, checked by a tower layer in front of every gRPC
+//!   service; [`tokens`]: the `postsub tokens` commands.
 //! - [`recorder`]: the batching run-history writer; [`run`]: runs, their ids and attempts;
 //!   [`job`]: the job message.
 //!
@@ -28,12 +31,14 @@
 
 pub mod admin;
 pub mod app;
+pub mod auth;
 pub mod backend;
 pub mod bindings;
 pub mod cli;
 pub mod client;
 pub mod dispatch;
 pub mod execute;
+pub mod follow;
 pub mod ids;
 pub mod job;
 pub mod options;
@@ -44,4 +49,5 @@ pub mod run;
 pub mod settings;
 pub mod store;
 pub mod telemetry;
+pub mod tokens;
 pub mod worker;

@@ -3,6 +3,7 @@
 use std::{net::SocketAddr, time::Duration};
 
 use clap::{Args, Parser, ValueEnum};
+pub use postsub::Secret;
 
 /// Where postsub keeps its state, which also chooses the backend (see [`crate::backend`]).
 #[derive(Debug, Clone, Args)]
@@ -66,6 +67,26 @@ pub struct ProxySettings {
     /// How long one sync task may run (`500ms`, `2s`, ...).
     #[arg(long, env = "POSTSUB_SYNC_TIMEOUT", default_value = "2s", value_parser = humantime::parse_duration)]
     pub sync_timeout: Duration,
+    /// An admin token taken from the environment besides the stored ones (for compose and
+    /// CI, where nobody runs `postsub tokens create` first); at least 32 characters.
+    #[arg(long, env = "POSTSUB_ADMIN_TOKEN", hide_env_values = true, value_parser = admin_token)]
+    pub admin_token: Option<Secret>,
+    /// Answer every call without a token. Only for a proxy that nothing but trusted
+    /// callers can reach; a warning is logged every minute it runs.
+    #[arg(long, env = "POSTSUB_NO_AUTH")]
+    pub no_auth: bool,
+}
+
+/// `POSTSUB_ADMIN_TOKEN`: long enough to be a secret.
+fn admin_token(s: &str) -> Result<Secret, String> {
+    if s.trim().len() < 32 {
+        return Err(
+            "an admin token must be at least 32 characters long (for one, the output \
+                    of `openssl rand -base64 32`)"
+                .into(),
+        );
+    }
+    Ok(Secret::from(s.trim().to_owned()))
 }
 
 /// Settings of the worker.

@@ -14,7 +14,7 @@ mod common;
 use common::{bind, process_request};
 use postsub::pb::{self, post_submission_client::PostSubmissionClient};
 use postsub_proxy::{
-    app::{Proxy, Services},
+    app::{Launch, Proxy, Services},
     settings::DevSettings,
 };
 use postsub_tasks::{
@@ -87,7 +87,9 @@ async fn a_worker_killed_mid_export_loses_and_doubles_no_row() {
     }));
     // The proxy runs here; the workers are separate processes.
     let services = Services::start(&backend, registry).await.unwrap();
-    let proxy = Proxy::build(&services, &settings.proxy).await.unwrap();
+    let proxy = Proxy::build(&services, &settings.proxy, Launch::Dev)
+        .await
+        .unwrap();
     let grpc = format!("http://{}", proxy.grpc_addr());
     let stop = CancellationToken::new();
     let proxy_task = tokio::spawn(proxy.run(stop.clone()));

@@ -42,6 +42,7 @@ pub async fn spawn_stack(registry: Registry, flags: &[&str]) -> Stack {
     let backend = Application::build(Settings {
         addr: "127.0.0.1:0".parse().unwrap(),
         postsub_url: grpc.clone(),
+        postsub_token: None,
         database_url: collect_db.url.clone().into(),
         postsub_deadline_ms: 5000,
         max_body_bytes: 64 * 1024,

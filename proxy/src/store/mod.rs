@@ -24,6 +24,7 @@ use sqlx::types::Json;
 use uuid::Uuid;
 
 use crate::{
+    auth::Scope,
     job::Job,
     options::BindingOptions,
     run::{Attempt, AttemptStatus, Run, RunStatus},
@@ -164,8 +165,21 @@ pub trait Store: TaskState + Send + Sync {
     /// Deletes a binding; its runs stay in the history. False when there was none.
     async fn delete_binding(&self, id: Uuid) -> StoreResult<bool>;
 
-    /// A feed of binding changes, made by any process on this database.
-    async fn binding_changes(&self) -> StoreResult<Box<dyn ChangeFeed>>;
+    /// A feed of changes to what every process keeps in memory (bindings and API tokens),
+    /// made by any process on this database.
+    async fn changes(&self) -> StoreResult<Box<dyn ChangeFeed>>;
+
+    /// Every API token (with its hash), oldest first.
+    async fn tokens(&self) -> StoreResult<Vec<ApiToken>>;
+
+    /// Stores a new token; a name taken is a unique violation.
+    async fn create_token(&self, token: &NewToken) -> StoreResult<ApiToken>;
+
+    /// Deletes the token `name`; false when there was none.
+    async fn revoke_token(&self, name: &str) -> StoreResult<bool>;
+
+    /// Records when tokens were last used.
+    async fn touch_tokens(&self, used: &[(String, DateTime<Utc>)]) -> StoreResult<()>;
 
     /// Writes a batch of the run history at once (one statement or one transaction): run
     /// records, each inserted or upserted as its [`RunWrite`] says, and attempt records,
@@ -295,6 +309,16 @@ macro_rules! shared_reads {
             Ok(row.map(Into::into))
         }
 
+        async fn read_tokens(pool: &$pool) -> sqlx::Result<Vec<$crate::store::ApiToken>> {
+            let rows: Vec<$crate::store::TokenRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                "SELECT {} FROM api_tokens ORDER BY created_at, name",
+                $crate::store::TOKEN_COLUMNS
+            )))
+            .fetch_all(pool)
+            .await?;
+            rows.into_iter().map(TryFrom::try_from).collect()
+        }
+
         async fn read_run_input(
             pool: &$pool,
             run_id: uuid::Uuid,
@@ -389,6 +413,60 @@ impl From<BindingRow> for Binding {
             created_at: row.created_at,
             updated_at: row.updated_at,
         }
+    }
+}
+
+/// An API token as stored: never the token itself, only its SHA-256.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApiToken {
+    /// Unique name, to list and revoke it by.
+    pub name: String,
+    /// What it may do.
+    pub scope: Scope,
+    /// SHA-256 of the token.
+    pub hash: Vec<u8>,
+    /// When it was made.
+    pub created_at: DateTime<Utc>,
+    /// When a proxy last saw it (written every few seconds, not per call).
+    pub last_used_at: Option<DateTime<Utc>>,
+}
+
+/// A token to store.
+#[derive(Debug, Clone)]
+pub struct NewToken {
+    /// Unique name.
+    pub name: String,
+    /// What it may do.
+    pub scope: Scope,
+    /// SHA-256 of the token.
+    pub hash: [u8; 32],
+}
+
+const TOKEN_COLUMNS: &str = "name, scope, hash, created_at, last_used_at";
+
+#[derive(sqlx::FromRow)]
+struct TokenRow {
+    name: String,
+    scope: String,
+    hash: Vec<u8>,
+    created_at: DateTime<Utc>,
+    last_used_at: Option<DateTime<Utc>>,
+}
+
+impl TryFrom<TokenRow> for ApiToken {
+    type Error = sqlx::Error;
+
+    fn try_from(row: TokenRow) -> Result<Self, Self::Error> {
+        Ok(ApiToken {
+            scope: row
+                .scope
+                .parse()
+                .map_err(|err: String| sqlx::Error::Decode(err.into()))?,
+            name: row.name,
+            hash: row.hash,
+            created_at: row.created_at,
+            last_used_at: row.last_used_at,
+        })
     }
 }
 

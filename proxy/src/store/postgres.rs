@@ -9,6 +9,7 @@ use std::{sync::LazyLock, time::Duration};
 
 use anyhow::Context as _;
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 use postsub_tasks::{StateError, TaskState};
 use serde_json::Value;
 use sqlx::{
@@ -22,8 +23,9 @@ use tokio::sync::Mutex;
 use uuid::Uuid;
 
 use super::{
-    BINDING_COLUMNS, Binding, BindingRow, ChangeFeed, NewBinding, RunFilter, RunRow, RunWrite,
-    Store, StoreResult, Take, check_schema, list_runs_query, take_run_sql,
+    ApiToken, BINDING_COLUMNS, Binding, BindingRow, ChangeFeed, NewBinding, NewToken, RunFilter,
+    RunRow, RunWrite, Store, StoreResult, TOKEN_COLUMNS, Take, TokenRow, check_schema,
+    list_runs_query, take_run_sql,
 };
 use crate::{
     job::Job,
@@ -35,8 +37,8 @@ static MIGRATOR: Migrator = sqlx::migrate!("../migrations/postgres");
 
 super::shared_reads!(PgPool);
 
-/// The channel the `bindings_changed` trigger notifies.
-const CHANNEL: &str = "postsub_bindings";
+/// The channels the `bindings_changed` and `api_tokens_changed` triggers notify.
+const CHANNELS: [&str; 2] = ["postsub_bindings", "postsub_tokens"];
 
 /// postsub's PostgreSQL database.
 pub struct PgStore {
@@ -113,7 +115,7 @@ async fn applied_migrations(pool: &PgPool) -> anyhow::Result<Vec<i64>> {
         .context("reading the schema version")
 }
 
-/// [`ChangeFeed`] over `LISTEN postsub_bindings`.
+/// [`ChangeFeed`] over `LISTEN postsub_bindings` and `postsub_tokens`.
 struct Listener(PgListener);
 
 #[async_trait]
@@ -124,7 +126,7 @@ impl ChangeFeed for Listener {
             Some(_) => while self.0.next_buffered().is_some() {},
             // The connection dropped; the listener reconnects on the next call, and
             // notifications sent meanwhile are lost: the caller reloads.
-            None => tracing::info!("binding change listener reconnecting"),
+            None => tracing::info!("change listener reconnecting"),
         }
         Ok(())
     }
@@ -249,10 +251,51 @@ impl Store for PgStore {
         Ok(result.rows_affected() == 1)
     }
 
-    async fn binding_changes(&self) -> StoreResult<Box<dyn ChangeFeed>> {
+    async fn changes(&self) -> StoreResult<Box<dyn ChangeFeed>> {
         let mut listener = PgListener::connect_with(&self.pool).await?;
-        listener.listen(CHANNEL).await?;
+        listener.listen_all(CHANNELS).await?;
         Ok(Box::new(Listener(listener)))
+    }
+
+    async fn tokens(&self) -> StoreResult<Vec<ApiToken>> {
+        Ok(read_tokens(&self.pool).await?)
+    }
+
+    async fn create_token(&self, token: &NewToken) -> StoreResult<ApiToken> {
+        let row: TokenRow = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "INSERT INTO api_tokens (name, scope, hash, created_at) VALUES ($1, $2, $3, $4)
+             RETURNING {TOKEN_COLUMNS}"
+        )))
+        .bind(&token.name)
+        .bind(token.scope.as_str())
+        .bind(&token.hash[..])
+        .bind(Utc::now())
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(row.try_into()?)
+    }
+
+    async fn revoke_token(&self, name: &str) -> StoreResult<bool> {
+        let result = sqlx::query("DELETE FROM api_tokens WHERE name = $1")
+            .bind(name)
+            .execute(&self.pool)
+            .await?;
+        Ok(result.rows_affected() == 1)
+    }
+
+    async fn touch_tokens(&self, used: &[(String, DateTime<Utc>)]) -> StoreResult<()> {
+        let (names, times): (Vec<&str>, Vec<DateTime<Utc>>) =
+            used.iter().map(|(name, at)| (name.as_str(), *at)).unzip();
+        sqlx::query(
+            "UPDATE api_tokens SET last_used_at = used.at
+             FROM UNNEST($1::text[], $2::timestamptz[]) AS used (name, at)
+             WHERE api_tokens.name = used.name",
+        )
+        .bind(names)
+        .bind(times)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
     }
 
     async fn write_history(

@@ -8,7 +8,7 @@ use std::sync::{Arc, atomic::AtomicBool};
 use futures_util::future::join_all;
 use postsub::pb::{self, post_submission_client::PostSubmissionClient};
 use postsub_proxy::{
-    app::{DevStack, Proxy, Services},
+    app::{DevStack, Launch, Proxy, Services},
     settings::DevSettings,
 };
 use postsub_testkit::WebhookReceiver;
@@ -317,7 +317,7 @@ async fn binding_changes_reach_this_proxy_at_once_and_other_processes_through_th
     )
     .await
     .unwrap();
-    let other = Proxy::build(&services, &proxy.settings.proxy)
+    let other = Proxy::build(&services, &proxy.settings.proxy, Launch::Dev)
         .await
         .unwrap();
     let other_url = format!("http://{}", other.grpc_addr());

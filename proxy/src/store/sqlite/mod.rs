@@ -40,8 +40,9 @@ use self::{
     writer::{Writer, WriterTask},
 };
 use super::{
-    BINDING_COLUMNS, Binding, BindingRow, ChangeFeed, NewBinding, RunFilter, RunRow, RunWrite,
-    Schema, Store, StoreError, StoreResult, Take, check_schema, list_runs_query, take_run_sql,
+    ApiToken, BINDING_COLUMNS, Binding, BindingRow, ChangeFeed, NewBinding, NewToken, RunFilter,
+    RunRow, RunWrite, Schema, Store, StoreError, StoreResult, TOKEN_COLUMNS, Take, TokenRow,
+    check_schema, list_runs_query, take_run_sql,
 };
 use crate::{
     job::Job,
@@ -254,14 +255,14 @@ async fn has_tables(connection: &mut SqliteConnection) -> anyhow::Result<bool> {
     Ok(tables > 0)
 }
 
-/// Bindings changed when the counter the `bindings_*` triggers bump moves.
+/// Bindings or tokens changed when the counters their triggers bump move.
 struct VersionPoll {
     readers: SqlitePool,
     seen: i64,
 }
 
-async fn bindings_version(readers: &SqlitePool) -> sqlx::Result<i64> {
-    sqlx::query_scalar("SELECT version FROM changes WHERE topic = 'bindings'")
+async fn changes_version(readers: &SqlitePool) -> sqlx::Result<i64> {
+    sqlx::query_scalar("SELECT sum(version) FROM changes")
         .fetch_one(readers)
         .await
 }
@@ -270,7 +271,7 @@ async fn bindings_version(readers: &SqlitePool) -> sqlx::Result<i64> {
 impl ChangeFeed for VersionPoll {
     async fn changed(&mut self) -> StoreResult<()> {
         loop {
-            let version = bindings_version(&self.readers).await?;
+            let version = changes_version(&self.readers).await?;
             if version != self.seen {
                 self.seen = version;
                 return Ok(());
@@ -419,10 +420,79 @@ impl Store for SqliteStore {
         Ok(deleted.rows_affected() == 1)
     }
 
-    async fn binding_changes(&self) -> StoreResult<Box<dyn ChangeFeed>> {
+    async fn changes(&self) -> StoreResult<Box<dyn ChangeFeed>> {
         let readers = self.db.readers.clone();
-        let seen = bindings_version(&readers).await?;
+        let seen = changes_version(&readers).await?;
         Ok(Box::new(VersionPoll { readers, seen }))
+    }
+
+    async fn tokens(&self) -> StoreResult<Vec<ApiToken>> {
+        Ok(read_tokens(&self.db.readers).await?)
+    }
+
+    async fn create_token(&self, token: &NewToken) -> StoreResult<ApiToken> {
+        let token = token.clone();
+        let row: TokenRow = self
+            .db
+            .writer
+            .write(move |connection| {
+                Box::pin(async move {
+                    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                        "INSERT INTO api_tokens (name, scope, hash, created_at)
+                         VALUES ($1, $2, $3, $4) RETURNING {TOKEN_COLUMNS}"
+                    )))
+                    .bind(&token.name)
+                    .bind(token.scope.as_str())
+                    .bind(&token.hash[..])
+                    .bind(sql_time(Utc::now()))
+                    .fetch_one(connection)
+                    .await
+                })
+            })
+            .await?;
+        Ok(row.try_into()?)
+    }
+
+    async fn revoke_token(&self, name: &str) -> StoreResult<bool> {
+        let name = name.to_owned();
+        let deleted = self
+            .db
+            .writer
+            .write(move |connection| {
+                Box::pin(async move {
+                    sqlx::query("DELETE FROM api_tokens WHERE name = $1")
+                        .bind(name)
+                        .execute(connection)
+                        .await
+                })
+            })
+            .await?;
+        Ok(deleted.rows_affected() == 1)
+    }
+
+    async fn touch_tokens(&self, used: &[(String, DateTime<Utc>)]) -> StoreResult<()> {
+        let used = Value::from(
+            used.iter()
+                .map(|(name, at)| serde_json::json!([name, sql_time(*at)]))
+                .collect::<Vec<_>>(),
+        )
+        .to_string();
+        self.db
+            .writer
+            .write(move |connection| {
+                Box::pin(async move {
+                    sqlx::query(
+                        "UPDATE api_tokens SET last_used_at = used.value ->> 1
+                         FROM json_each($1) AS used
+                         WHERE api_tokens.name = used.value ->> 0",
+                    )
+                    .bind(used)
+                    .execute(connection)
+                    .await
+                })
+            })
+            .await?;
+        Ok(())
     }
 
     async fn write_history(

@@ -1,0 +1,197 @@
+//! Secure by default, tried with the real binary: `serve` without any token refuses to
+//! start and says how to make one; `--no-auth` starts and warns; `dev` on loopback needs no
+//! token for a first run, and on another address it does; `postsub tokens` makes, lists and
+//! revokes tokens that the CLI then has to carry.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Output,
+    time::Duration,
+};
+
+mod common;
+
+use common::{free_port, postsub, terminate, wait_for_proxy};
+use postsub_testkit::TestSqlite;
+use tokio::process::Child;
+
+/// Runs the `postsub` command line to its end.
+fn cli(args: &[&str], database: &str, server: &str) -> Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_postsub"))
+        .args(args)
+        .env("DATABASE_URL", database)
+        .env("POSTSUB_SERVER", server)
+        .env_remove("POSTSUB_TOKEN")
+        .env_remove("AMQP_URL")
+        .output()
+        .expect("the postsub binary runs")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn log(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_default()
+}
+
+/// `postsub ARGS` on `file`, listening for gRPC on a free port of `host`; returns the
+/// process, the proxy's URL and its log (named `log` beside the file).
+fn start(args: &[&str], file: &TestSqlite, host: &str, log: &str) -> (Child, String, PathBuf) {
+    let grpc_addr = format!("{host}:{}", free_port());
+    let log_path = file.path.with_extension(log);
+    let env = [
+        ("DATABASE_URL", file.url.as_str()),
+        ("POSTSUB_GRPC_ADDR", grpc_addr.as_str()),
+        ("POSTSUB_HTTP_ADDR", "127.0.0.1:0"),
+    ];
+    let child = postsub(args, &env, &log_path);
+    (child, format!("http://{grpc_addr}"), log_path)
+}
+
+/// Waits for `child` to exit and asserts that it failed.
+async fn fails(mut child: Child) {
+    let status = tokio::time::timeout(Duration::from_secs(20), child.wait())
+        .await
+        .expect("the process exits")
+        .unwrap();
+    assert!(!status.success());
+}
+
+/// A migrated SQLite file.
+fn migrated(name: &str) -> TestSqlite {
+    let file = TestSqlite::create(name);
+    let migrated = cli(&["migrate"], &file.url, "");
+    assert!(migrated.status.success(), "{}", text(&migrated.stderr));
+    file
+}
+
+#[tokio::test]
+async fn serve_without_any_token_refuses_to_start_and_says_how_to_make_one() {
+    let file = migrated("no-token");
+    let (serve, _, log_path) = start(&["serve"], &file, "127.0.0.1", "serve.log");
+    fails(serve).await;
+    let log = log(&log_path);
+    assert!(
+        log.contains("no API token exists")
+            && log.contains("postsub tokens create --name NAME --scope admin")
+            && log.contains("--no-auth"),
+        "{log}"
+    );
+}
+
+#[tokio::test]
+async fn serve_with_no_auth_starts_and_warns() {
+    let file = migrated("no-auth");
+    let (mut serve, server, log_path) =
+        start(&["serve", "--no-auth"], &file, "127.0.0.1", "serve.log");
+    wait_for_proxy(&server).await;
+    let kinds = cli(&["kinds"], &file.url, &server);
+    assert!(kinds.status.success(), "{}", text(&kinds.stderr));
+    assert!(terminate(&mut serve).await);
+    let log = log(&log_path);
+    assert!(
+        log.contains("WARN")
+            && log.contains("--no-auth: this proxy answers every call without a token"),
+        "{log}"
+    );
+}
+
+#[tokio::test]
+async fn dev_needs_no_token_on_loopback_and_refuses_to_start_without_one_elsewhere() {
+    let file = TestSqlite::create("dev");
+    let (mut dev, server, log_path) = start(&["dev"], &file, "127.0.0.1", "dev.log");
+    wait_for_proxy(&server).await;
+    let kinds = cli(&["kinds"], &file.url, &server);
+    assert!(kinds.status.success(), "{}", text(&kinds.stderr));
+    assert!(terminate(&mut dev).await);
+    assert!(log(&log_path).contains("no token needed: `postsub dev` on a loopback address"));
+
+    // Reachable from other machines, dev is held to serve's rule.
+    let (dev, _, open_log) = start(&["dev"], &file, "0.0.0.0", "dev-open.log");
+    fails(dev).await;
+    assert!(
+        log(&open_log).contains("no API token exists"),
+        "{}",
+        log(&open_log)
+    );
+}
+
+#[tokio::test]
+async fn tokens_are_made_listed_and_revoked_and_the_cli_must_carry_one() {
+    let file = migrated("tokens");
+    let created = cli(
+        &["tokens", "create", "--name", "ops", "--scope", "admin"],
+        &file.url,
+        "",
+    );
+    assert!(created.status.success(), "{}", text(&created.stderr));
+    // stdout is the token alone, so `TOKEN=$(postsub tokens create …)` works.
+    let token = text(&created.stdout).trim().to_owned();
+    assert!(
+        token.starts_with("pst_") && !token.contains(char::is_whitespace),
+        "{token}"
+    );
+    assert!(text(&created.stderr).contains("shown only this once"));
+    let again = cli(
+        &["tokens", "create", "--name", "ops", "--scope", "read"],
+        &file.url,
+        "",
+    );
+    assert!(!again.status.success());
+    assert!(text(&again.stderr).contains("a token named \"ops\" exists already"));
+    let reader = cli(
+        &["tokens", "create", "--name", "dash", "--scope", "read"],
+        &file.url,
+        "",
+    );
+    let reader = text(&reader.stdout).trim().to_owned();
+
+    let listed = cli(&["tokens", "list", "--json"], &file.url, "");
+    let listed_text = text(&listed.stdout);
+    let rows: serde_json::Value = serde_json::from_str(&listed_text).unwrap();
+    let names: Vec<_> = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["name"].clone(), r["scope"].clone()))
+        .collect();
+    assert_eq!(
+        names,
+        [
+            ("ops".into(), "admin".into()),
+            ("dash".into(), "read".into())
+        ]
+    );
+    assert!(!listed_text.contains(&token) && !listed_text.contains(&reader));
+
+    let (mut serve, server, log_path) = start(&["serve"], &file, "127.0.0.1", "serve.log");
+    wait_for_proxy(&server).await;
+    let refused = cli(&["kinds"], &file.url, &server);
+    assert!(!refused.status.success());
+    let refusal = text(&refused.stderr);
+    assert!(
+        refusal.contains("Unauthenticated") && refusal.contains("--token"),
+        "{refusal}"
+    );
+    let kinds = cli(&["kinds", "--token", &reader], &file.url, &server);
+    assert!(kinds.status.success(), "{}", text(&kinds.stderr));
+    let denied = cli(&["dlq", "replay", "--token", &reader], &file.url, &server);
+    let denial = text(&denied.stderr);
+    assert!(
+        denial.contains("PermissionDenied") && denial.contains("`admin` scope"),
+        "{denial}"
+    );
+
+    let revoked = cli(&["tokens", "revoke", "dash"], &file.url, "");
+    assert!(revoked.status.success(), "{}", text(&revoked.stderr));
+    let gone = cli(&["tokens", "revoke", "dash"], &file.url, "");
+    assert!(text(&gone.stderr).contains("no token is named \"dash\""));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let after = cli(&["kinds", "--token", &reader], &file.url, &server);
+    assert!(text(&after.stderr).contains("unknown or revoked token"));
+    assert!(terminate(&mut serve).await);
+    // No token reaches the log.
+    let log = log(&log_path);
+    assert!(!log.contains(&token) && !log.contains(&reader), "{log}");
+}
