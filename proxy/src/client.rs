@@ -23,8 +23,9 @@ use crate::{
 /// Which proxy to talk to.
 #[derive(Debug, Clone, Args)]
 pub struct ServerArgs {
-    /// The proxy's gRPC address.
-    #[arg(long, env = "POSTSUB_SERVER", default_value = "http://127.0.0.1:50051")]
+    /// The proxy's gRPC address: `http://host:port`, `https://…`, or `host:port` for
+    /// `http://host:port`.
+    #[arg(long, env = "POSTSUB_SERVER", default_value = "http://127.0.0.1:50051", value_parser = server_url)]
     server: String,
     /// The API token to call it with (`postsub tokens create`); `read` scope for lists,
     /// `admin` for changes.
@@ -215,6 +216,19 @@ pub struct QueuesArgs {
     json: bool,
 }
 
+/// `--server`: a URL, `host:port` taken as `http://host:port`.
+fn server_url(server: &str) -> Result<String, String> {
+    let url = if server.contains("://") {
+        server.to_owned()
+    } else {
+        format!("http://{server}")
+    };
+    // Checked here, so a bad address is a usage error, said once.
+    tonic::transport::Endpoint::from_shared(url.clone())
+        .map_err(|_| format!("`{server}` is not an address: use http://host:port or host:port"))?;
+    Ok(url)
+}
+
 /// The admin client, every call carrying the token.
 type Client = TaskAdminClient<InterceptedService<Channel, Bearer>>;
 
@@ -232,7 +246,30 @@ async fn connect(server: &ServerArgs) -> anyhow::Result<Client> {
         .with_context(|| format!("{} is not a URL", server.server))?
         .connect()
         .await
-        .with_context(|| format!("cannot reach the postsub proxy at {}", server.server))?;
+        // tonic's transport error repeats its cause in its own message: give the causes
+        // below it, each once.
+        .map_err(|err| {
+            let mut causes: Vec<String> = Vec::new();
+            let mut cause = std::error::Error::source(&err);
+            while let Some(error) = cause {
+                let text = error.to_string();
+                // Some causes repeat the one above them too (`tcp connect error: …`).
+                match causes.last_mut() {
+                    Some(last) if text.starts_with(last.as_str()) => *last = text,
+                    Some(last) if last.contains(&text) => {}
+                    _ => causes.push(text),
+                }
+                cause = error.source();
+            }
+            if causes.is_empty() {
+                causes.push(err.to_string());
+            }
+            anyhow!(
+                "cannot reach the postsub proxy at {}: {}",
+                server.server,
+                causes.join(": ")
+            )
+        })?;
     Ok(TaskAdminClient::with_interceptor(channel, Bearer(bearer)))
 }
 

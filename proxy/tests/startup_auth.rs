@@ -86,7 +86,8 @@ async fn serve_with_no_auth_starts_and_warns() {
     let (mut serve, server, log_path) =
         start(&["serve", "--no-auth"], &file, "127.0.0.1", "serve.log");
     wait_for_proxy(&server).await;
-    let kinds = cli(&["kinds"], &file.url, &server);
+    // `host:port` is taken as `http://host:port`.
+    let kinds = cli(&["kinds"], &file.url, server.trim_start_matches("http://"));
     assert!(kinds.status.success(), "{}", text(&kinds.stderr));
     assert!(terminate(&mut serve).await);
     let log = log(&log_path);
@@ -194,4 +195,19 @@ async fn tokens_are_made_listed_and_revoked_and_the_cli_must_carry_one() {
     // No token reaches the log.
     let log = log(&log_path);
     assert!(!log.contains(&token) && !log.contains(&reader), "{log}");
+}
+
+#[test]
+fn an_unreachable_proxy_is_said_once() {
+    let nowhere = format!("127.0.0.1:{}", free_port());
+    let output = cli(&["kinds"], "", &nowhere);
+    assert!(!output.status.success());
+    let error = text(&output.stderr);
+    assert!(
+        error.starts_with(&format!(
+            "error: cannot reach the postsub proxy at http://{nowhere}: "
+        )) && error.matches("tcp connect error").count() == 1
+            && error.lines().count() == 1,
+        "{error}"
+    );
 }
