@@ -33,7 +33,7 @@ use postsub_proxy::{
     settings::DevSettings,
 };
 use postsub_tasks::{
-    Registry, Submission,
+    Registry, Submission, TargetPolicy,
     google_sheets::{Endpoints, GoogleSheets},
 };
 use postsub_testkit::{SheetsEmulator, TestBroker, TestDatabase, TestSqlite, WebhookReceiver};
@@ -95,7 +95,7 @@ pub async fn run_all(args: &Args) -> anyhow::Result<Report> {
     )?;
     let backend = settings.backend()?;
     backend.database.migrate().await?;
-    let mut registry = Registry::with_builtins();
+    let mut registry = Registry::with_builtins_for(TargetPolicy::dev());
     registry.register(GoogleSheets::new(Endpoints {
         sheets_base_url: emulator.sheets_base_url(),
         drive_base_url: emulator.drive_base_url(),
@@ -283,7 +283,8 @@ async fn embedded_rows(
     )?;
     let backend = settings.backend()?;
     backend.database.migrate().await?;
-    let services = Services::start(&backend, Registry::with_builtins()).await?;
+    let services =
+        Services::start(&backend, Registry::with_builtins_for(TargetPolicy::dev())).await?;
     let proxy = Proxy::build(&services, &settings.proxy, Launch::Dev).await?;
     let grpc = format!("http://{}", proxy.grpc_addr());
     let stop = CancellationToken::new();

@@ -11,7 +11,7 @@ use postsub::{
     json::to_proto_struct,
     pb::{self, post_submission_client::PostSubmissionClient},
 };
-use postsub_tasks::Registry;
+use postsub_tasks::{Registry, TargetPolicy};
 use postsub_testkit::WebhookReceiver;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -20,7 +20,7 @@ const PATIENCE: Duration = Duration::from_secs(20);
 
 #[tokio::test]
 async fn submission_runs_sync_and_async_tasks_and_records_them() {
-    let stack = spawn_stack(Registry::with_builtins(), &[]).await;
+    let stack = spawn_stack(Registry::with_builtins_for(TargetPolicy::dev()), &[]).await;
     let receiver = WebhookReceiver::start().await;
 
     let (status, form) = stack

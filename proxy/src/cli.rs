@@ -3,14 +3,17 @@
 use std::{io::IsTerminal as _, process::ExitCode};
 
 use clap::{Args, Parser, Subcommand};
-use postsub_tasks::Registry;
+use postsub_tasks::{Registry, TargetPolicy};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
     app::{DevStack, Launch, Proxy, Services},
     backend::{Backend, Database, SERVER_DATABASE},
     client::{self, BindingsCommand, DlqCommand, RunsCommand},
-    settings::{BrokerSettings, DatabaseSettings, DevSettings, ProxySettings, WorkerSettings},
+    settings::{
+        BrokerSettings, DatabaseSettings, DevSettings, ProxySettings, TargetSettings,
+        WorkerSettings,
+    },
     tokens::{self, TokensCommand},
 };
 
@@ -59,6 +62,8 @@ struct ServeArgs {
     broker: BrokerSettings,
     #[command(flatten)]
     proxy: ProxySettings,
+    #[command(flatten)]
+    targets: TargetSettings,
 }
 
 #[derive(Debug, Args)]
@@ -69,6 +74,8 @@ struct WorkerArgs {
     broker: BrokerSettings,
     #[command(flatten)]
     worker: WorkerSettings,
+    #[command(flatten)]
+    targets: TargetSettings,
 }
 
 /// Parses the command line and runs the command.
@@ -132,7 +139,7 @@ fn server_backend(database: &DatabaseSettings, broker: &BrokerSettings) -> anyho
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let backend = server_backend(&args.database, &args.broker)?;
-    let services = Services::start(&backend, Registry::with_builtins()).await?;
+    let services = Services::start(&backend, registry(args.targets.policy())).await?;
     let proxy = Proxy::build(&services, &args.proxy, Launch::Serve).await?;
     announce(&proxy);
     proxy.run(shutdown_signal()).await?;
@@ -142,7 +149,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 
 async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
     let backend = server_backend(&args.database, &args.broker)?;
-    let services = Services::start(&backend, Registry::with_builtins()).await?;
+    let services = Services::start(&backend, registry(args.targets.policy())).await?;
     let worker = services.worker(&args.worker)?;
     let shutdown = shutdown_signal();
     let http = services
@@ -157,9 +164,16 @@ async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
 
 async fn dev(settings: DevSettings) -> anyhow::Result<()> {
     tracing::info!("backend: {}", settings.backend()?.describe());
-    let stack = DevStack::start(&settings, Registry::with_builtins(), shutdown_signal()).await?;
+    let targets = settings.targets.dev_policy();
+    let stack = DevStack::start(&settings, registry(targets), shutdown_signal()).await?;
     tracing::info!(grpc = %stack.grpc_addr(), http = %stack.http_addr(), "listening");
     stack.wait().await
+}
+
+/// The built-in task kinds, their calls reaching what `targets` allows (said at start).
+fn registry(targets: TargetPolicy) -> Registry {
+    tracing::info!("webhooks may call {targets}");
+    Registry::with_builtins_for(targets)
 }
 
 fn announce(proxy: &Proxy) {

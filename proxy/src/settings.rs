@@ -4,6 +4,7 @@ use std::{net::SocketAddr, time::Duration};
 
 use clap::{Args, Parser, ValueEnum};
 pub use postsub::Secret;
+use postsub_tasks::TargetPolicy;
 
 /// Where postsub keeps its state, which also chooses the backend (see [`crate::backend`]).
 #[derive(Debug, Clone, Args)]
@@ -89,6 +90,33 @@ fn admin_token(s: &str) -> Result<Secret, String> {
     Ok(Secret::from(s.trim().to_owned()))
 }
 
+/// Where the calls that bindings choose (webhook URLs) may go.
+#[derive(Debug, Clone, Args)]
+pub struct TargetSettings {
+    /// Address ranges (or addresses) webhooks may reach besides public addresses,
+    /// comma-separated: `10.1.0.0/16,192.168.5.7`. Loopback, private, link-local (cloud
+    /// metadata), CGNAT, unique-local, multicast and the like are refused otherwise;
+    /// `postsub dev` allows loopback too.
+    #[arg(long, env = "POSTSUB_ALLOW_TARGETS", default_value = "", value_parser = allowed_targets, hide_default_value = true)]
+    pub allow_targets: TargetPolicy,
+}
+
+impl TargetSettings {
+    /// The policy of `serve` and `worker`: public addresses and the ranges allowed.
+    pub fn policy(&self) -> TargetPolicy {
+        self.allow_targets.clone()
+    }
+
+    /// The policy of `postsub dev`: loopback allowed too.
+    pub fn dev_policy(&self) -> TargetPolicy {
+        self.allow_targets.and(TargetPolicy::loopback())
+    }
+}
+
+fn allowed_targets(text: &str) -> Result<TargetPolicy, String> {
+    postsub_tasks::targets::parse_ranges(text).map(TargetPolicy::allowing)
+}
+
 /// Settings of the worker.
 #[derive(Debug, Clone, Args)]
 pub struct WorkerSettings {
@@ -134,6 +162,9 @@ pub struct DevSettings {
     #[allow(missing_docs)]
     #[command(flatten)]
     pub worker: WorkerSettings,
+    #[allow(missing_docs)]
+    #[command(flatten)]
+    pub targets: TargetSettings,
 }
 
 impl DevSettings {

@@ -16,7 +16,7 @@ use postsub::pb::{
     self, post_submission_client::PostSubmissionClient, task_admin_client::TaskAdminClient,
 };
 use postsub_proxy::{app::DevStack, settings::DevSettings};
-use postsub_tasks::Registry;
+use postsub_tasks::{Registry, TargetPolicy};
 use postsub_testkit::WebhookReceiver;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
@@ -82,7 +82,7 @@ async fn a_full_disk_makes_process_unavailable_and_loses_nothing_it_confirmed() 
     let settings = DevSettings::embedded(&database, &[]).unwrap();
     let stack = DevStack::start(
         &settings,
-        Registry::with_builtins(),
+        Registry::with_builtins_for(TargetPolicy::dev()),
         CancellationToken::new(),
     )
     .await

@@ -34,8 +34,9 @@ async fn serve_and_worker_on_one_file_under_load_never_surface_sqlite_busy() {
         ("POSTSUB_GRPC_ADDR", grpc_addr.as_str()),
         ("POSTSUB_HTTP_ADDR", "127.0.0.1:0"),
         ("POSTSUB_WORKER_HTTP_ADDR", "127.0.0.1:0"),
-        // This test is about the file's lock, not about tokens.
+        // This test is about the file's lock, not about tokens or webhook targets.
         ("POSTSUB_NO_AUTH", "true"),
+        ("POSTSUB_ALLOW_TARGETS", "127.0.0.0/8"),
     ];
     let migrated = postsub(&["migrate"], &env, &migrate_log)
         .wait()

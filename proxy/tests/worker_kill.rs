@@ -18,7 +18,7 @@ use postsub_proxy::{
     settings::DevSettings,
 };
 use postsub_tasks::{
-    Registry,
+    Registry, TargetPolicy,
     google_sheets::{Endpoints, GoogleSheets},
 };
 use postsub_testkit::{SheetsEmulator, TestBroker, TestDatabase};
@@ -80,7 +80,7 @@ async fn a_worker_killed_mid_export_loses_and_doubles_no_row() {
     let settings = DevSettings::isolated(&db.url, &broker.url, &broker.prefix, &[]).unwrap();
     let backend = settings.backend().unwrap();
     backend.database.migrate().await.unwrap();
-    let mut registry = Registry::with_builtins();
+    let mut registry = Registry::with_builtins_for(TargetPolicy::dev());
     registry.register(GoogleSheets::new(Endpoints {
         sheets_base_url: emulator.sheets_base_url(),
         drive_base_url: emulator.drive_base_url(),

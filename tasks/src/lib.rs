@@ -6,6 +6,7 @@
 //!   returns ([`Outcome`], [`TaskError`]), and its type-erased form the registry stores.
 //! - [`registry`]: the task kinds one process knows, by name.
 //! - [`state`]: durable per-binding state a task may keep ([`TaskState`]).
+//! - [`targets`]: which addresses the calls a binding chooses may reach ([`TargetPolicy`]).
 //! - [`validate`]: the `validate` kind: per-field checks and CEL rules across fields.
 //! - [`webhook`]: the `webhook` kind: a signed POST (Standard Webhooks) of the submission.
 //! - [`google_sheets`]: the `google_sheets` kind: one row per submission in a Google Sheet.
@@ -22,12 +23,14 @@
 pub mod google_sheets;
 pub mod registry;
 pub mod state;
+pub mod targets;
 pub mod task;
 pub mod validate;
 pub mod webhook;
 
 pub use registry::Registry;
 pub use state::{MemoryState, StateError, TaskState};
+pub use targets::TargetPolicy;
 pub use task::{
     ConfigError, Flag, Mode, Outcome, PreparedTask, RunContext, Submission, TaskBase, TaskError,
 };

@@ -5,7 +5,7 @@ use std::{collections::BTreeMap, sync::Arc};
 use serde_json::Value;
 
 use crate::{
-    ConfigError, Mode, PreparedTask, TaskBase,
+    ConfigError, Mode, PreparedTask, TargetPolicy, TaskBase,
     google_sheets::GoogleSheets,
     task::{DynTask, Erased},
     validate::Validate,
@@ -24,13 +24,18 @@ impl Registry {
         Self::default()
     }
 
-    /// A registry with the built-in kinds: `validate`, `webhook` and `google_sheets` (its
-    /// endpoints from the environment).
+    /// A registry with the built-in kinds: `validate`, `webhook` (calling public addresses
+    /// only) and `google_sheets` (its endpoints from the environment).
     pub fn with_builtins() -> Self {
+        Self::with_builtins_for(TargetPolicy::public_only())
+    }
+
+    /// [`Registry::with_builtins`], the webhooks reaching what `targets` allows.
+    pub fn with_builtins_for(targets: TargetPolicy) -> Self {
         let mut registry = Self::new();
         registry
             .register(Validate::new())
-            .register(Webhook::new())
+            .register(Webhook::with_targets(targets))
             .register(GoogleSheets::from_env());
         registry
     }

@@ -23,7 +23,9 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use sha2::Sha256;
 
-use crate::{ConfigError, Mode, Outcome, RunContext, Submission, TaskBase, TaskError};
+use crate::{
+    ConfigError, Mode, Outcome, RunContext, Submission, TargetPolicy, TaskBase, TaskError,
+};
 
 const SECRET_PREFIX: &str = "whsec_";
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -32,18 +34,28 @@ const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Debug, Clone)]
 pub struct Webhook {
     client: reqwest::Client,
+    targets: TargetPolicy,
 }
 
 impl Webhook {
-    /// The task kind with its own HTTP client.
+    /// The task kind, calling public addresses only.
     pub fn new() -> Self {
+        Self::with_targets(TargetPolicy::public_only())
+    }
+
+    /// The task kind, calling the addresses `targets` allows (see [`crate::targets`]).
+    pub fn with_targets(targets: TargetPolicy) -> Self {
         crate::install_crypto_provider();
         let client = reqwest::Client::builder()
             .user_agent(concat!("postsub/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(Duration::from_secs(5))
+            .dns_resolver(targets.resolver())
+            // A redirect could lead anywhere, the private network included: a webhook
+            // answers the URL it was given, and a 3xx is its answer.
+            .redirect(reqwest::redirect::Policy::none())
             .build()
             .expect("the HTTP client has a crypto provider and no bad settings");
-        Self { client }
+        Self { client, targets }
     }
 }
 
@@ -104,6 +116,9 @@ impl TaskBase for Webhook {
                 "url `{url}` must start with http:// or https://"
             )));
         }
+        self.targets
+            .check_url(&url)
+            .map_err(|refused| ConfigError(format!("url `{url}`: {refused}")))?;
         let encoded = spec.secret.strip_prefix(SECRET_PREFIX).ok_or_else(|| {
             ConfigError("secret must look like `whsec_<base64>` (Standard Webhooks)".into())
         })?;
@@ -158,8 +173,16 @@ impl TaskBase for Webhook {
             .body(body)
             .send()
             .await
-            .map_err(|err| {
-                TaskError::retryable(format!("POST {} failed: {}", config.url, error_chain(&err)))
+            .map_err(|err| match crate::targets::refused_in(&err) {
+                // Another attempt would be refused the same way.
+                Some(refused) => {
+                    TaskError::fatal(format!("POST {} refused: {refused}", config.url))
+                }
+                None => TaskError::retryable(format!(
+                    "POST {} failed: {}",
+                    config.url,
+                    error_chain(&err)
+                )),
             })?;
         let status = response.status();
         if status.is_success() {

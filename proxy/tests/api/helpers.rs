@@ -16,7 +16,9 @@ use postsub::{
     pb::{self, post_submission_client::PostSubmissionClient, task_admin_client::TaskAdminClient},
 };
 use postsub_proxy::{app::DevStack, settings::DevSettings};
-use postsub_tasks::{ConfigError, Outcome, Registry, RunContext, Submission, TaskBase, TaskError};
+use postsub_tasks::{
+    ConfigError, Outcome, Registry, RunContext, Submission, TargetPolicy, TaskBase, TaskError,
+};
 use postsub_testkit::{TestBroker, TestDatabase, TestSqlite};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -238,7 +240,7 @@ pub async fn spawn_proxy_with(backend: Backend, extra: &[&str]) -> TestProxy {
 
 /// The built-in kinds and the test kinds.
 pub fn registry(service_up: Arc<AtomicBool>) -> Registry {
-    let mut registry = Registry::with_builtins();
+    let mut registry = Registry::with_builtins_for(TargetPolicy::dev());
     registry
         .register(Hang)
         .register(Panic)

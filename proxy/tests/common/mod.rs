@@ -13,7 +13,7 @@ use postsub::{
     pb::{self, task_admin_client::TaskAdminClient},
 };
 use postsub_proxy::{app::DevStack, settings::DevSettings};
-use postsub_tasks::Registry;
+use postsub_tasks::{Registry, TargetPolicy};
 use postsub_testkit::{TestBroker, TestDatabase};
 use serde_json::Value;
 use tokio::process::{Child, Command};
@@ -37,7 +37,7 @@ pub async fn start_dev() -> Dev {
     let settings = DevSettings::isolated(&db.url, &broker.url, &broker.prefix, &[]).unwrap();
     let stack = DevStack::start(
         &settings,
-        Registry::with_builtins(),
+        Registry::with_builtins_for(TargetPolicy::dev()),
         CancellationToken::new(),
     )
     .await
