@@ -105,9 +105,10 @@ pub fn postsub(args: &[&str], env: &[(&str, &str)], log: &Path) -> Child {
         .expect("open the process log");
     Command::new(env!("CARGO_BIN_EXE_postsub"))
         .args(args)
-        .envs(env.iter().copied())
         .env_remove("AMQP_URL")
+        // `env` may set its own.
         .env("RUST_LOG", "info")
+        .envs(env.iter().copied())
         .stdout(Stdio::null())
         .stderr(log)
         .kill_on_drop(true)

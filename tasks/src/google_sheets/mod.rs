@@ -296,7 +296,7 @@ async fn resolve(
             .map_err(state_error)
     };
     let mut known = stored().await?;
-    let _creating = match known {
+    let creating_guard = match known {
         Some(Value::String(_)) => None,
         // Another run of this process may be creating it: wait, then look again.
         _ => {
@@ -330,12 +330,23 @@ async fn resolve(
             stored
         }
     };
-    let shared = context
-        .state
-        .get(context.binding_id, SHARED_KEY)
-        .await
-        .map_err(state_error)?;
-    if shared.is_none() {
+    let shared = || async {
+        context
+            .state
+            .get(context.binding_id, SHARED_KEY)
+            .await
+            .map_err(state_error)
+    };
+    if shared().await?.is_none() {
+        // The run that created it may still be sharing it: share under the same lock, and
+        // only if nobody has meanwhile.
+        let _sharing = match creating_guard {
+            Some(guard) => guard,
+            None => creating.lock().await,
+        };
+        if shared().await?.is_some() {
+            return Ok(id);
+        }
         for email in &config.share_with {
             share(google, &id, email).await?;
         }

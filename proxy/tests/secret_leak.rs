@@ -1,0 +1,189 @@
+//! A webhook's secret, followed through the whole path with the real `postsub dev` (debug
+//! logs on): binding created, listed and fetched, a delivery that fails into the dead
+//! letters, its replay, a delivery that succeeds, the run history and the queues. The secret
+//! must appear nowhere but where it is needed, the binding's stored config: not in a log
+//! line, a CLI or API answer, a run record, an attempt or a job.
+
+use std::process::Output;
+
+mod common;
+
+use common::{free_port, postsub, terminate, wait_for_proxy};
+use postsub_testkit::{TestSqlite, WebhookReceiver};
+use serde_json::{Value, json};
+use sqlx::sqlite::SqlitePoolOptions;
+use uuid::Uuid;
+
+fn cli(server: &str, args: &[&str]) -> Output {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_postsub"))
+        .args(args)
+        .env("POSTSUB_SERVER", server)
+        .env_remove("POSTSUB_TOKEN")
+        .output()
+        .expect("the postsub binary runs");
+    assert!(
+        output.status.success(),
+        "postsub {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
+}
+
+/// Everything a command printed.
+fn said(output: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+#[tokio::test]
+async fn a_webhook_secret_is_found_nowhere_but_in_its_binding() {
+    let file = TestSqlite::create("leak");
+    let receiver = WebhookReceiver::start().await;
+    let secret = receiver.secret.clone();
+    let key = secret.trim_start_matches("whsec_").to_owned();
+    let grpc_addr = format!("127.0.0.1:{}", free_port());
+    let log_path = file.path.with_extension("dev.log");
+    let env = [
+        ("DATABASE_URL", file.url.as_str()),
+        ("POSTSUB_GRPC_ADDR", grpc_addr.as_str()),
+        ("POSTSUB_HTTP_ADDR", "127.0.0.1:0"),
+        ("RUST_LOG", "debug"),
+    ];
+    let mut dev = postsub(&["dev"], &env, &log_path);
+    let server = format!("http://{grpc_addr}");
+    wait_for_proxy(&server).await;
+
+    let form = Uuid::new_v4().to_string();
+    let config = json!({"url": receiver.url, "secret": secret}).to_string();
+    let mut seen = String::new();
+    let created = cli(
+        &server,
+        &[
+            "bindings",
+            "create",
+            "--form",
+            &form,
+            "--name",
+            "hook",
+            "--kind",
+            "webhook",
+            "--mode",
+            "async",
+            "--config",
+            &config,
+            "--max-attempts",
+            "2",
+            "--backoff-initial",
+            "100ms",
+        ],
+    );
+    seen += &said(&created);
+    let binding: Value = serde_json::from_slice(&created.stdout).unwrap();
+    let id = binding["id"].as_str().unwrap().to_owned();
+    assert_eq!(binding["config"]["secret"], "whsec_********");
+
+    // Fails twice: dead; replayed, delivered. A second submission is delivered at once.
+    receiver.respond_with(&[500, 500]);
+    let submit = |n: u32| {
+        let server = server.clone();
+        let form = form.clone();
+        async move {
+            let mut client =
+                postsub::pb::post_submission_client::PostSubmissionClient::connect(server)
+                    .await
+                    .unwrap();
+            client
+                .process(common::process_request(
+                    form.parse().unwrap(),
+                    json!({"n": n}),
+                ))
+                .await
+                .unwrap();
+        }
+    };
+    submit(1).await;
+    let dead = loop {
+        let runs = cli(&server, &["runs", "list", "--form", &form, "--json"]);
+        let list: Value = serde_json::from_slice(&runs.stdout).unwrap();
+        if list
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|run| run["status"] == "dead")
+        {
+            break runs;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    seen += &said(&dead);
+    seen += &said(&cli(&server, &["queues", "--json"]));
+    seen += &said(&cli(&server, &["dlq", "replay"]));
+    submit(2).await;
+    let runs = loop {
+        let runs = cli(&server, &["runs", "list", "--form", &form, "--json"]);
+        let list: Value = serde_json::from_slice(&runs.stdout).unwrap();
+        let succeeded = list
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|run| run["status"] == "succeeded");
+        if succeeded.count() == 2 {
+            break runs;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    assert!(
+        receiver
+            .deliveries()
+            .iter()
+            .all(|delivery| delivery.signature_ok)
+    );
+    seen += &said(&runs);
+    for run in serde_json::from_slice::<Value>(&runs.stdout)
+        .unwrap()
+        .as_array()
+        .unwrap()
+    {
+        seen += &said(&cli(
+            &server,
+            &["runs", "get", run["run_id"].as_str().unwrap()],
+        ));
+    }
+    seen += &said(&cli(&server, &["bindings", "get", &id]));
+    seen += &said(&cli(&server, &["bindings", "list", "--form", &form]));
+    seen += &said(&cli(&server, &["kinds"]));
+    assert!(terminate(&mut dev).await);
+    seen += &std::fs::read_to_string(&log_path).unwrap();
+
+    // What the store keeps of runs, attempts and jobs (the dead letters included).
+    let pool = SqlitePoolOptions::new().connect(&file.url).await.unwrap();
+    let history: Vec<(Option<String>, Option<String>, Option<String>)> =
+        sqlx::query_as("SELECT CAST(input AS TEXT), error, CAST(output AS TEXT) FROM task_runs")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    let attempts: Vec<(Option<String>,)> = sqlx::query_as("SELECT error FROM task_attempts")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    let jobs: Vec<(String, Option<String>)> = sqlx::query_as("SELECT payload, error FROM jobs")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    let stored_config: String = sqlx::query_scalar("SELECT config FROM bindings")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    assert!(history.len() == 2 && !attempts.is_empty(), "{history:?}");
+    seen += &format!("{history:?}{attempts:?}{jobs:?}");
+
+    // The search is real: the secret is where it must be, and the log is debug-level.
+    assert!(stored_config.contains(&secret));
+    assert!(seen.contains("DEBUG") && seen.contains("whsec_********"));
+    assert!(!seen.contains(&secret), "the secret leaked");
+    assert!(!seen.contains(&key), "the secret's key leaked");
+}
