@@ -249,6 +249,8 @@ impl Proxy {
             services.store.clone(),
             DispatchLimits {
                 max_answers_bytes: settings.max_answers_bytes,
+                max_answers_depth: settings.max_answers_depth,
+                max_answers_keys: settings.max_answers_keys,
                 sync_timeout: settings.sync_timeout,
             },
         );

@@ -34,6 +34,10 @@ use crate::{
 pub struct DispatchLimits {
     /// Largest encoded `answers` accepted.
     pub max_answers_bytes: usize,
+    /// Deepest nesting of objects and lists in `answers` accepted.
+    pub max_answers_depth: usize,
+    /// Most object keys in `answers`, nested ones included.
+    pub max_answers_keys: usize,
     /// How long one sync task may run, unless its binding says.
     pub sync_timeout: Duration,
 }
@@ -84,10 +88,24 @@ impl Dispatcher {
             Some(ts) => from_proto_timestamp(ts)
                 .ok_or_else(|| Status::invalid_argument("submitted_at is out of range"))?,
         };
+        let answers = from_proto_struct(answers);
+        let (depth, keys) = shape(&answers);
+        if depth > self.limits.max_answers_depth {
+            return Err(Status::invalid_argument(format!(
+                "answers nest {depth} levels deep; the limit is {} (POSTSUB_MAX_ANSWERS_DEPTH)",
+                self.limits.max_answers_depth
+            )));
+        }
+        if keys > self.limits.max_answers_keys {
+            return Err(Status::invalid_argument(format!(
+                "answers hold {keys} keys; the limit is {} (POSTSUB_MAX_ANSWERS_KEYS)",
+                self.limits.max_answers_keys
+            )));
+        }
         Ok(Submission {
             form_id,
             submission_id,
-            answers: from_proto_struct(answers),
+            answers,
             submitted_at,
             metadata: request.metadata.into_iter().collect(),
         })
@@ -224,5 +242,45 @@ impl PostSubmission for Dispatcher {
         let (sync_results, queued) = tokio::join!(join_all(sync), self.enqueue(new_jobs));
         queued?;
         Ok(Response::new(pb::ProcessResponse { sync_results, jobs }))
+    }
+}
+
+/// How deep `answers` nest (the top object is level 1, each object or list inside one more)
+/// and how many object keys they hold. The recursion is bounded: protobuf decoding refuses
+/// messages nested more than 100 deep.
+fn shape(answers: &serde_json::Map<String, serde_json::Value>) -> (usize, usize) {
+    fn walk(value: &serde_json::Value, level: usize, deepest: &mut usize, keys: &mut usize) {
+        let children: Vec<&serde_json::Value> = match value {
+            serde_json::Value::Object(map) => {
+                *keys += map.len();
+                map.values().collect()
+            }
+            serde_json::Value::Array(list) => list.iter().collect(),
+            _ => return,
+        };
+        *deepest = (*deepest).max(level);
+        for child in children {
+            walk(child, level + 1, deepest, keys);
+        }
+    }
+    let (mut deepest, mut keys) = (1, answers.len());
+    for value in answers.values() {
+        walk(value, 2, &mut deepest, &mut keys);
+    }
+    (deepest, keys)
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::shape;
+
+    #[test]
+    fn shape_counts_levels_and_keys() {
+        let answers = |value: serde_json::Value| value.as_object().unwrap().clone();
+        assert_eq!(shape(&answers(json!({}))), (1, 0));
+        assert_eq!(shape(&answers(json!({"a": 1, "b": "x"}))), (1, 2));
+        assert_eq!(shape(&answers(json!({"a": {"b": [1, {"c": 2}]}}))), (4, 3));
     }
 }

@@ -65,6 +65,12 @@ pub struct ProxySettings {
     /// Largest `answers` accepted by Process, in bytes (protobuf-encoded).
     #[arg(long, env = "POSTSUB_MAX_ANSWERS_BYTES", default_value_t = 256 * 1024)]
     pub max_answers_bytes: usize,
+    /// Deepest nesting of objects and lists in `answers` accepted by Process.
+    #[arg(long, env = "POSTSUB_MAX_ANSWERS_DEPTH", default_value_t = 32)]
+    pub max_answers_depth: usize,
+    /// Most object keys in `answers` (nested ones included) accepted by Process.
+    #[arg(long, env = "POSTSUB_MAX_ANSWERS_KEYS", default_value_t = 10_000)]
+    pub max_answers_keys: usize,
     /// How long one sync task may run (`500ms`, `2s`, ...).
     #[arg(long, env = "POSTSUB_SYNC_TIMEOUT", default_value = "2s", value_parser = humantime::parse_duration)]
     pub sync_timeout: Duration,

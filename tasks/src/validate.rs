@@ -123,6 +123,35 @@ struct ConfigSpec {
     rules: Vec<RuleSpec>,
 }
 
+/// Most CEL rules one binding may have: every rule runs on every submission, inline.
+const MAX_RULES: usize = 100;
+/// Longest CEL expression, in characters.
+const MAX_EXPR_CHARS: usize = 2_000;
+/// Longest `pattern`, in characters.
+const MAX_PATTERN_CHARS: usize = 1_000;
+/// Most memory one compiled pattern may take (the `regex` crate's size limit): enough for
+/// any sensible pattern, far from what `\w{1000}{1000}`-like patterns would take.
+const PATTERN_SIZE_LIMIT: usize = 256 * 1024;
+
+/// Compiles a field's `pattern` within the limits.
+fn compile_pattern(key: &str, pattern: &str) -> Result<Regex, ConfigError> {
+    let length = pattern.chars().count();
+    if length > MAX_PATTERN_CHARS {
+        return Err(ConfigError(format!(
+            "field `{key}`: the pattern is {length} characters; the limit is {MAX_PATTERN_CHARS}"
+        )));
+    }
+    regex::RegexBuilder::new(pattern)
+        .size_limit(PATTERN_SIZE_LIMIT)
+        .build()
+        .map_err(|err| match err {
+            regex::Error::CompiledTooBig(_) => ConfigError(format!(
+                "field `{key}`: the pattern compiles to more than {PATTERN_SIZE_LIMIT} bytes, the limit"
+            )),
+            err => ConfigError(format!("field `{key}`: pattern does not compile: {err}")),
+        })
+}
+
 /// A parsed `validate` config: patterns and rules compiled.
 pub struct ValidateConfig {
     fields: Vec<(String, FieldSpec, Option<Regex>)>,
@@ -152,6 +181,12 @@ impl TaskBase for Validate {
 
     fn parse_config(&self, config: &Value) -> Result<ValidateConfig, ConfigError> {
         let spec = ConfigError::parse::<ConfigSpec>(config)?;
+        if spec.rules.len() > MAX_RULES {
+            return Err(ConfigError(format!(
+                "{} rules; a binding may have at most {MAX_RULES}",
+                spec.rules.len()
+            )));
+        }
         let mut fields = Vec::with_capacity(spec.fields.len());
         for (key, field) in spec.fields {
             if let (Some(min), Some(max)) = (field.min, field.max)
@@ -164,17 +199,21 @@ impl TaskBase for Validate {
             let pattern = field
                 .pattern
                 .as_deref()
-                .map(Regex::new)
-                .transpose()
-                .map_err(|err| {
-                    ConfigError(format!("field `{key}`: pattern does not compile: {err}"))
-                })?;
+                .map(|pattern| compile_pattern(&key, pattern))
+                .transpose()?;
             fields.push((key, field, pattern));
         }
         let mut rules = Vec::with_capacity(spec.rules.len());
         for rule in spec.rules {
             if rules.iter().any(|r: &Rule| r.name == rule.name) {
                 return Err(ConfigError(format!("two rules are named `{}`", rule.name)));
+            }
+            let length = rule.expr.chars().count();
+            if length > MAX_EXPR_CHARS {
+                return Err(ConfigError(format!(
+                    "rule `{}`: the expression is {length} characters; the limit is {MAX_EXPR_CHARS}",
+                    rule.name
+                )));
             }
             let program = CEL_ENV.compile(&rule.expr).map_err(|err| {
                 ConfigError(format!(
@@ -476,6 +515,36 @@ mod tests {
             json!({"age": 30, "name": "Ada", "email": "a@b", "count": 3}),
         );
         assert!(outcome.flags.is_empty(), "{:?}", outcome.flags);
+    }
+
+    #[test]
+    fn rules_and_patterns_over_the_limits_are_refused_naming_the_limit() {
+        let err = |config: Value| Validate::new().parse_config(&config).err().unwrap().0;
+        let rules: Vec<Value> = (0..101)
+            .map(|i| json!({"name": format!("r{i}"), "expr": "true"}))
+            .collect();
+        assert_eq!(
+            err(json!({ "rules": rules })),
+            "101 rules; a binding may have at most 100"
+        );
+        let long = vec!["a"; 1001].join(" + ");
+        assert!(
+            err(json!({"rules": [{"name": "long", "expr": long}]}))
+                .starts_with("rule `long`: the expression is 4001 characters; the limit is 2000")
+        );
+        assert!(
+            err(json!({"fields": {"x": {"pattern": "a".repeat(1001)}}}))
+                .contains("the pattern is 1001 characters; the limit is 1000")
+        );
+        assert!(
+            err(json!({"fields": {"x": {"pattern": "\\w{1000}{1000}"}}}))
+                .contains("compiles to more than 262144 bytes, the limit")
+        );
+        assert!(
+            Validate::new()
+                .parse_config(&json!({"fields": {"x": {"pattern": "^[a-z]{1,64}$"}}}))
+                .is_ok()
+        );
     }
 
     #[test]

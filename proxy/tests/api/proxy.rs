@@ -55,6 +55,17 @@ async fn bad_ids_and_oversize_answers_are_invalid_argument(backend: Backend) {
         Code::InvalidArgument,
         "answers is missing",
     );
+    let mut deep = json!(1);
+    for _ in 0..40 {
+        deep = json!([deep]);
+    }
+    assert_status(
+        client
+            .process(process(Uuid::new_v4(), json!({ "deep": deep })))
+            .await,
+        Code::InvalidArgument,
+        "answers nest 41 levels deep; the limit is 32 (POSTSUB_MAX_ANSWERS_DEPTH)",
+    );
     let big = "x".repeat(2000);
     assert_status(
         client
