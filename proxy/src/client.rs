@@ -91,8 +91,9 @@ pub enum BindingsCommand {
         /// `sync` (inline, result in the submit response) or `async` (queued).
         #[arg(long)]
         mode: Mode,
-        /// The kind's config, as JSON.
-        #[arg(long, default_value = "{}")]
+        /// The kind's config, as a JSON object (`{}` for a kind that needs none); `postsub
+        /// kinds` lists the kinds.
+        #[arg(long)]
         config: String,
         /// Create it disabled.
         #[arg(long)]

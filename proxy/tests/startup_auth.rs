@@ -211,3 +211,23 @@ fn an_unreachable_proxy_is_said_once() {
         "{error}"
     );
 }
+
+#[test]
+fn bindings_create_asks_for_its_config() {
+    let form = uuid::Uuid::new_v4().to_string();
+    let args = [
+        "bindings", "create", "--form", &form, "--name", "x", "--kind", "validate",
+    ];
+    let output = cli(
+        &[&args[..], &["--mode", "sync"]].concat(),
+        "",
+        "127.0.0.1:1",
+    );
+    assert!(!output.status.success());
+    let error = text(&output.stderr);
+    assert!(
+        error.contains("the following required arguments were not provided")
+            && error.contains("--config <CONFIG>"),
+        "{error}"
+    );
+}
