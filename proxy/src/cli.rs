@@ -23,6 +23,8 @@ use crate::{
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
+    #[command(flatten)]
+    server: client::ServerArgs,
 }
 
 #[derive(Debug, Subcommand)]
@@ -40,7 +42,7 @@ enum Command {
     #[command(subcommand)]
     Bindings(BindingsCommand),
     /// List the task kinds the proxy knows.
-    Kinds(client::ServerArgs),
+    Kinds,
     /// Look at the run history; retry a dead run.
     #[command(subcommand)]
     Runs(RunsCommand),
@@ -84,7 +86,7 @@ pub async fn main() -> ExitCode {
     let server = !matches!(
         cli.command,
         Command::Bindings(_)
-            | Command::Kinds(_)
+            | Command::Kinds
             | Command::Runs(_)
             | Command::Dlq(_)
             | Command::Queues(_)
@@ -96,11 +98,11 @@ pub async fn main() -> ExitCode {
         Command::Serve(args) => serve(args).await,
         Command::Worker(args) => worker(args).await,
         Command::Dev(args) => dev(args).await,
-        Command::Bindings(command) => client::bindings(command).await,
-        Command::Kinds(server) => client::kinds(server).await,
-        Command::Runs(command) => client::runs(command).await,
-        Command::Dlq(command) => client::dlq(command).await,
-        Command::Queues(args) => client::queues(args).await,
+        Command::Bindings(command) => client::bindings(&cli.server, command).await,
+        Command::Kinds => client::kinds(&cli.server).await,
+        Command::Runs(command) => client::runs(&cli.server, command).await,
+        Command::Dlq(command) => client::dlq(&cli.server, command).await,
+        Command::Queues(args) => client::queues(&cli.server, args).await,
         Command::Tokens(command) => tokens::tokens(command).await,
     };
     match result {

@@ -20,16 +20,21 @@ use crate::{
     settings::Secret,
 };
 
-/// Which proxy to talk to.
+/// Which proxy to talk to: flags of every client command, before or after its name.
 #[derive(Debug, Clone, Args)]
 pub struct ServerArgs {
     /// The proxy's gRPC address: `http://host:port`, `https://…`, or `host:port` for
     /// `http://host:port`.
-    #[arg(long, env = "POSTSUB_SERVER", default_value = "http://127.0.0.1:50051", value_parser = server_url)]
+    #[arg(
+        long,
+        global = true,
+        env = "POSTSUB_SERVER",
+        default_value = "http://127.0.0.1:50051"
+    )]
     server: String,
     /// The API token to call it with (`postsub tokens create`); `read` scope for lists,
     /// `admin` for changes.
-    #[arg(long, env = "POSTSUB_TOKEN", hide_env_values = true)]
+    #[arg(long, global = true, env = "POSTSUB_TOKEN", hide_env_values = true)]
     token: Option<Secret>,
 }
 
@@ -72,13 +77,11 @@ impl From<OptionsArgs> for pb::BindingOptions {
 }
 
 /// `postsub bindings …`
-#[allow(missing_docs)] // the `server` flags document themselves in `--help`
+#[allow(missing_docs)] // the fields document themselves in `--help`
 #[derive(Debug, Subcommand)]
 pub enum BindingsCommand {
     /// Bind a task kind to a form; prints the binding.
     Create {
-        #[command(flatten)]
-        server: ServerArgs,
         /// Form id (UUID).
         #[arg(long)]
         form: String,
@@ -103,23 +106,17 @@ pub enum BindingsCommand {
     },
     /// List bindings, of one form or all.
     List {
-        #[command(flatten)]
-        server: ServerArgs,
         /// Only this form's bindings.
         #[arg(long)]
         form: Option<String>,
     },
     /// Show one binding.
     Get {
-        #[command(flatten)]
-        server: ServerArgs,
         /// Binding id.
         id: String,
     },
     /// Change a binding; only the given fields change.
     Update {
-        #[command(flatten)]
-        server: ServerArgs,
         /// Binding id.
         id: String,
         /// New name.
@@ -139,21 +136,17 @@ pub enum BindingsCommand {
     },
     /// Delete a binding (its runs stay in the history).
     Delete {
-        #[command(flatten)]
-        server: ServerArgs,
         /// Binding id.
         id: String,
     },
 }
 
 /// `postsub runs …`
-#[allow(missing_docs)] // the `server` flags document themselves in `--help`
+#[allow(missing_docs)] // the fields document themselves in `--help`
 #[derive(Debug, Subcommand)]
 pub enum RunsCommand {
     /// List runs, newest first.
     List {
-        #[command(flatten)]
-        server: ServerArgs,
         /// Only runs of this form.
         #[arg(long)]
         form: Option<String>,
@@ -175,29 +168,23 @@ pub enum RunsCommand {
     },
     /// Show one run as JSON, with every attempt.
     Get {
-        #[command(flatten)]
-        server: ServerArgs,
         /// Run id.
         run_id: String,
     },
     /// Queue a dead (or failed or expired) async run again, for a new round of attempts;
     /// prints it.
     Retry {
-        #[command(flatten)]
-        server: ServerArgs,
         /// Run id.
         run_id: String,
     },
 }
 
 /// `postsub dlq …`
-#[allow(missing_docs)] // the `server` flags document themselves in `--help`
+#[allow(missing_docs)] // the fields document themselves in `--help`
 #[derive(Debug, Subcommand)]
 pub enum DlqCommand {
     /// Move dead-lettered jobs back to their work queues, each for a new round of attempts.
     Replay {
-        #[command(flatten)]
-        server: ServerArgs,
         /// Only this task kind's dead-letter queue.
         #[arg(long)]
         kind: Option<String>,
@@ -210,8 +197,6 @@ pub enum DlqCommand {
 /// `postsub queues`
 #[derive(Debug, Clone, Args)]
 pub struct QueuesArgs {
-    #[command(flatten)]
-    server: ServerArgs,
     /// Print a JSON array instead of a table.
     #[arg(long)]
     json: bool,
@@ -224,7 +209,6 @@ fn server_url(server: &str) -> Result<String, String> {
     } else {
         format!("http://{server}")
     };
-    // Checked here, so a bad address is a usage error, said once.
     tonic::transport::Endpoint::from_shared(url.clone())
         .map_err(|_| format!("`{server}` is not an address: use http://host:port or host:port"))?;
     Ok(url)
@@ -243,8 +227,11 @@ async fn connect(server: &ServerArgs) -> anyhow::Result<Client> {
         }
         None => None,
     };
-    let channel = Channel::from_shared(server.server.clone())
-        .with_context(|| format!("{} is not a URL", server.server))?
+    // Parsed here, not by clap: the flags are global, and a server command must not fail
+    // on a POSTSUB_SERVER it does not use.
+    let url = server_url(&server.server).map_err(anyhow::Error::msg)?;
+    let channel = Channel::from_shared(url.clone())
+        .with_context(|| format!("{url} is not a URL"))?
         .connect()
         .await
         // tonic's transport error repeats its cause in its own message: give the causes
@@ -266,8 +253,7 @@ async fn connect(server: &ServerArgs) -> anyhow::Result<Client> {
                 causes.push(err.to_string());
             }
             anyhow!(
-                "cannot reach the postsub proxy at {}: {}",
-                server.server,
+                "cannot reach the postsub proxy at {url}: {}",
                 causes.join(": ")
             )
         })?;
@@ -420,10 +406,9 @@ pub(crate) fn print_json(value: &Value) {
 }
 
 /// Runs a `postsub bindings` command.
-pub async fn bindings(command: BindingsCommand) -> anyhow::Result<()> {
+pub async fn bindings(server: &ServerArgs, command: BindingsCommand) -> anyhow::Result<()> {
     match command {
         BindingsCommand::Create {
-            server,
             form,
             name,
             kind,
@@ -441,18 +426,18 @@ pub async fn bindings(command: BindingsCommand) -> anyhow::Result<()> {
                 enabled: Some(!disabled),
                 options: Some(options.into()),
             };
-            let binding = connect(&server)
+            let binding = connect(server)
                 .await?
                 .create_binding(request)
                 .await
                 .map_err(status_error)?;
             print_json(&binding_json(binding.into_inner()));
         }
-        BindingsCommand::List { server, form } => {
+        BindingsCommand::List { form } => {
             let request = pb::ListBindingsRequest {
                 form_id: form.unwrap_or_default(),
             };
-            let bindings = connect(&server)
+            let bindings = connect(server)
                 .await?
                 .list_bindings(request)
                 .await
@@ -463,8 +448,8 @@ pub async fn bindings(command: BindingsCommand) -> anyhow::Result<()> {
                 bindings.into_iter().map(binding_json).collect(),
             ));
         }
-        BindingsCommand::Get { server, id } => {
-            let binding = connect(&server)
+        BindingsCommand::Get { id } => {
+            let binding = connect(server)
                 .await?
                 .get_binding(pb::GetBindingRequest { id })
                 .await
@@ -472,7 +457,6 @@ pub async fn bindings(command: BindingsCommand) -> anyhow::Result<()> {
             print_json(&binding_json(binding.into_inner()));
         }
         BindingsCommand::Update {
-            server,
             id,
             name,
             mode,
@@ -488,15 +472,15 @@ pub async fn bindings(command: BindingsCommand) -> anyhow::Result<()> {
                 enabled,
                 options: Some(options.into()),
             };
-            let binding = connect(&server)
+            let binding = connect(server)
                 .await?
                 .update_binding(request)
                 .await
                 .map_err(status_error)?;
             print_json(&binding_json(binding.into_inner()));
         }
-        BindingsCommand::Delete { server, id } => {
-            connect(&server)
+        BindingsCommand::Delete { id } => {
+            connect(server)
                 .await?
                 .delete_binding(pb::DeleteBindingRequest { id: id.clone() })
                 .await
@@ -508,8 +492,8 @@ pub async fn bindings(command: BindingsCommand) -> anyhow::Result<()> {
 }
 
 /// Runs `postsub kinds`.
-pub async fn kinds(server: ServerArgs) -> anyhow::Result<()> {
-    let kinds = connect(&server)
+pub async fn kinds(server: &ServerArgs) -> anyhow::Result<()> {
+    let kinds = connect(server)
         .await?
         .list_task_kinds(pb::ListTaskKindsRequest {})
         .await
@@ -528,10 +512,9 @@ pub async fn kinds(server: ServerArgs) -> anyhow::Result<()> {
 }
 
 /// Runs a `postsub runs` command.
-pub async fn runs(command: RunsCommand) -> anyhow::Result<()> {
+pub async fn runs(server: &ServerArgs, command: RunsCommand) -> anyhow::Result<()> {
     match command {
         RunsCommand::List {
-            server,
             form,
             submission,
             binding,
@@ -548,7 +531,7 @@ pub async fn runs(command: RunsCommand) -> anyhow::Result<()> {
                 page_size: limit,
                 ..Default::default()
             };
-            let runs = connect(&server)
+            let runs = connect(server)
                 .await?
                 .list_runs(request)
                 .await
@@ -562,16 +545,16 @@ pub async fn runs(command: RunsCommand) -> anyhow::Result<()> {
                 print_table(&runs);
             }
         }
-        RunsCommand::Get { server, run_id } => {
-            let run = connect(&server)
+        RunsCommand::Get { run_id } => {
+            let run = connect(server)
                 .await?
                 .get_run(pb::GetRunRequest { run_id })
                 .await
                 .map_err(status_error)?;
             print_json(&run_json(run.into_inner()));
         }
-        RunsCommand::Retry { server, run_id } => {
-            let run = connect(&server)
+        RunsCommand::Retry { run_id } => {
+            let run = connect(server)
                 .await?
                 .retry_run(pb::RetryRunRequest { run_id })
                 .await
@@ -583,14 +566,14 @@ pub async fn runs(command: RunsCommand) -> anyhow::Result<()> {
 }
 
 /// Runs a `postsub dlq` command.
-pub async fn dlq(command: DlqCommand) -> anyhow::Result<()> {
+pub async fn dlq(server: &ServerArgs, command: DlqCommand) -> anyhow::Result<()> {
     match command {
-        DlqCommand::Replay { server, kind, form } => {
+        DlqCommand::Replay { kind, form } => {
             let request = pb::ReplayDeadLettersRequest {
                 kind: kind.unwrap_or_default(),
                 form_id: form.unwrap_or_default(),
             };
-            let replayed = connect(&server)
+            let replayed = connect(server)
                 .await?
                 .replay_dead_letters(request)
                 .await
@@ -605,8 +588,8 @@ pub async fn dlq(command: DlqCommand) -> anyhow::Result<()> {
 
 /// Runs `postsub queues`: per task kind, the jobs ready, held by workers, waiting for a
 /// retry or a delay, and dead (`-` where the queue cannot tell).
-pub async fn queues(args: QueuesArgs) -> anyhow::Result<()> {
-    let queues = connect(&args.server)
+pub async fn queues(server: &ServerArgs, args: QueuesArgs) -> anyhow::Result<()> {
+    let queues = connect(server)
         .await?
         .list_queues(pb::ListQueuesRequest {})
         .await

@@ -175,7 +175,14 @@ async fn tokens_are_made_listed_and_revoked_and_the_cli_must_carry_one() {
         refusal.contains("Unauthenticated") && refusal.contains("--token"),
         "{refusal}"
     );
+    // Client flags go before or after the command.
     let kinds = cli(&["kinds", "--token", &reader], &file.url, &server);
+    assert!(kinds.status.success(), "{}", text(&kinds.stderr));
+    let kinds = cli(
+        &["--token", &reader, "--server", &server, "kinds"],
+        &file.url,
+        "",
+    );
     assert!(kinds.status.success(), "{}", text(&kinds.stderr));
     let denied = cli(&["dlq", "replay", "--token", &reader], &file.url, &server);
     let denial = text(&denied.stderr);
