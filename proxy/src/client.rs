@@ -234,27 +234,10 @@ async fn connect(server: &ServerArgs) -> anyhow::Result<Client> {
         .with_context(|| format!("{url} is not a URL"))?
         .connect()
         .await
-        // tonic's transport error repeats its cause in its own message: give the causes
-        // below it, each once.
         .map_err(|err| {
-            let mut causes: Vec<String> = Vec::new();
-            let mut cause = std::error::Error::source(&err);
-            while let Some(error) = cause {
-                let text = error.to_string();
-                // Some causes repeat the one above them too (`tcp connect error: …`).
-                match causes.last_mut() {
-                    Some(last) if text.starts_with(last.as_str()) => *last = text,
-                    Some(last) if last.contains(&text) => {}
-                    _ => causes.push(text),
-                }
-                cause = error.source();
-            }
-            if causes.is_empty() {
-                causes.push(err.to_string());
-            }
             anyhow!(
                 "cannot reach the postsub proxy at {url}: {}",
-                causes.join(": ")
+                postsub_tasks::error_chain(&err)
             )
         })?;
     Ok(TaskAdminClient::with_interceptor(channel, Bearer(bearer)))

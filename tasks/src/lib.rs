@@ -41,3 +41,62 @@ pub use task::{
 pub(crate) fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
+
+/// An error with its causes, each said once, joined by `: `. The top-level message of an
+/// HTTP client's error says little (reqwest's "error sending request", tonic's "transport
+/// error"), the causes say why, and some repeat the one above them (hyper's `tcp connect
+/// error: …`), which is said once.
+pub fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut said: Vec<String> = vec![err.to_string()];
+    let mut cause = err.source();
+    while let Some(error) = cause {
+        let text = error.to_string();
+        match said.last_mut() {
+            Some(last) if text.starts_with(last.as_str()) => *last = text,
+            Some(last) if last.contains(&text) => {}
+            _ => said.push(text),
+        }
+        cause = error.source();
+    }
+    said.join(": ")
+}
+
+#[cfg(test)]
+mod tests {
+    use std::fmt;
+
+    use super::error_chain;
+
+    /// An error saying `text`, caused by `cause`.
+    #[derive(Debug)]
+    struct Layered(&'static str, Option<Box<Layered>>);
+
+    impl fmt::Display for Layered {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str(self.0)
+        }
+    }
+
+    impl std::error::Error for Layered {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            self.1.as_deref().map(|cause| cause as _)
+        }
+    }
+
+    #[test]
+    fn each_cause_is_said_once() {
+        let refused = Layered("Connection refused", None);
+        let connect = Layered("tcp connect error", Some(Box::new(refused)));
+        let top = Layered("transport error", Some(Box::new(connect)));
+        assert_eq!(
+            error_chain(&top),
+            "transport error: tcp connect error: Connection refused"
+        );
+        let repeated = Layered(
+            "tcp connect error: Connection refused",
+            Some(Box::new(Layered("Connection refused", None))),
+        );
+        let top = Layered("tcp connect error", Some(Box::new(repeated)));
+        assert_eq!(error_chain(&top), "tcp connect error: Connection refused");
+    }
+}

@@ -181,7 +181,7 @@ impl TaskBase for Webhook {
                 None => TaskError::retryable(format!(
                     "POST {} failed: {}",
                     config.url,
-                    error_chain(&err)
+                    crate::error_chain(&err)
                 )),
             })?;
         let status = response.status();
@@ -224,18 +224,6 @@ fn sign(key: &[u8], id: &str, timestamp: i64, body: &str) -> String {
 fn parse_seconds(text: &str) -> Option<Duration> {
     let seconds: u64 = text.strip_suffix('s')?.parse().ok()?;
     (seconds > 0).then(|| Duration::from_secs(seconds))
-}
-
-/// reqwest's top-level error says little ("error sending request"); the causes say why.
-fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 #[cfg(test)]
