@@ -8,19 +8,14 @@ use std::process::Output;
 
 mod common;
 
-use common::{free_port, postsub, terminate, wait_for_proxy};
+use common::{free_port, postsub, run_postsub, terminate, wait_for_proxy};
 use postsub_testkit::{TestSqlite, WebhookReceiver};
 use serde_json::{Value, json};
 use sqlx::sqlite::SqlitePoolOptions;
 use uuid::Uuid;
 
 fn cli(server: &str, args: &[&str]) -> Output {
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_postsub"))
-        .args(args)
-        .env("POSTSUB_SERVER", server)
-        .env_remove("POSTSUB_TOKEN")
-        .output()
-        .expect("the postsub binary runs");
+    let output = run_postsub(args, &[("POSTSUB_SERVER", server)]);
     assert!(
         output.status.success(),
         "postsub {args:?}: {}",

@@ -11,20 +11,16 @@ use std::{
 
 mod common;
 
-use common::{free_port, postsub, terminate, wait_for_proxy};
+use common::{free_port, postsub, run_postsub, terminate, wait_for_proxy};
 use postsub_testkit::TestSqlite;
 use tokio::process::Child;
 
-/// Runs the `postsub` command line to its end.
+/// Runs the `postsub` command line to its end on `database`, talking to `server`.
 fn cli(args: &[&str], database: &str, server: &str) -> Output {
-    std::process::Command::new(env!("CARGO_BIN_EXE_postsub"))
-        .args(args)
-        .env("DATABASE_URL", database)
-        .env("POSTSUB_SERVER", server)
-        .env_remove("POSTSUB_TOKEN")
-        .env_remove("AMQP_URL")
-        .output()
-        .expect("the postsub binary runs")
+    run_postsub(
+        args,
+        &[("DATABASE_URL", database), ("POSTSUB_SERVER", server)],
+    )
 }
 
 fn text(bytes: &[u8]) -> String {

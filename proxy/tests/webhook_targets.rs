@@ -9,7 +9,9 @@ use std::{path::Path, process::Output, time::Duration};
 
 mod common;
 
-use common::{form_runs, free_port, postsub, process_request, terminate, wait_for_proxy};
+use common::{
+    form_runs, free_port, postsub, process_request, run_postsub, terminate, wait_for_proxy,
+};
 use postsub::pb::{self, post_submission_client::PostSubmissionClient};
 use postsub_testkit::{TestSqlite, WebhookReceiver};
 use serde_json::json;
@@ -43,14 +45,25 @@ async fn start(file: &TestSqlite, allow: Option<&str>, round: &str) -> (Child, C
 fn create_webhook(server: &str, form: Uuid, name: &str, url: &str, secret: &str) -> Output {
     let config = json!({"url": url, "secret": secret}).to_string();
     let form = form.to_string();
-    std::process::Command::new(env!("CARGO_BIN_EXE_postsub"))
-        .args(["bindings", "create", "--form", &form, "--name", name])
-        .args(["--kind", "webhook", "--mode", "async", "--config", &config])
-        .args(["--max-attempts", "3", "--backoff-initial", "100ms"])
-        .env("POSTSUB_SERVER", server)
-        .env_remove("POSTSUB_TOKEN")
-        .output()
-        .expect("the postsub binary runs")
+    let args = [
+        "bindings",
+        "create",
+        "--form",
+        &form,
+        "--name",
+        name,
+        "--kind",
+        "webhook",
+        "--mode",
+        "async",
+        "--config",
+        &config,
+        "--max-attempts",
+        "3",
+        "--backoff-initial",
+        "100ms",
+    ];
+    run_postsub(&args, &[("POSTSUB_SERVER", server)])
 }
 
 /// The machine's own name: a hostname, not an address, that resolves to loopback here.

@@ -116,6 +116,18 @@ pub fn postsub(args: &[&str], env: &[(&str, &str)], log: &Path) -> Child {
         .expect("the postsub binary starts")
 }
 
+/// Runs the `postsub` command line to its end with `env`, and without the token or AMQP_URL
+/// of the environment the tests run in.
+pub fn run_postsub(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_postsub"))
+        .args(args)
+        .env_remove("POSTSUB_TOKEN")
+        .env_remove("AMQP_URL")
+        .envs(env.iter().copied())
+        .output()
+        .expect("the postsub binary runs")
+}
+
 /// Waits until the admin API at `grpc` answers.
 pub async fn wait_for_proxy(grpc: &str) {
     let start = Instant::now();
