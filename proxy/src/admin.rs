@@ -229,8 +229,16 @@ fn queue_error(err: QueueError) -> Status {
 }
 
 /// `created_at` in microseconds and the run id: where a page of runs ended.
+/// Where a page of runs ended. The time keeps every digit the store holds (SQLite keeps
+/// nanoseconds): a rounded one would skip the runs created within the dropped digits.
 fn page_token(run: &Run) -> String {
-    format!("{}_{}", run.created_at.timestamp_micros(), run.run_id)
+    let at = run.created_at;
+    format!(
+        "{}.{:09}_{}",
+        at.timestamp(),
+        at.timestamp_subsec_nanos(),
+        run.run_id
+    )
 }
 
 fn parse_page_token(token: &str) -> Result<Option<(DateTime<Utc>, Uuid)>, Status> {
@@ -238,9 +246,11 @@ fn parse_page_token(token: &str) -> Result<Option<(DateTime<Utc>, Uuid)>, Status
         return Ok(None);
     }
     let bad = || Status::invalid_argument("page_token is not one this server issued");
-    let (micros, id) = token.split_once('_').ok_or_else(bad)?;
-    let micros: i64 = micros.parse().map_err(|_| bad())?;
-    let created_at = DateTime::from_timestamp_micros(micros).ok_or_else(bad)?;
+    let (at, id) = token.split_once('_').ok_or_else(bad)?;
+    let (seconds, nanos) = at.split_once('.').ok_or_else(bad)?;
+    let seconds: i64 = seconds.parse().map_err(|_| bad())?;
+    let nanos: u32 = nanos.parse().map_err(|_| bad())?;
+    let created_at = DateTime::from_timestamp(seconds, nanos).ok_or_else(bad)?;
     let id = Uuid::parse_str(id).map_err(|_| bad())?;
     Ok(Some((created_at, id)))
 }
@@ -504,5 +514,30 @@ impl TaskAdmin for Admin {
             })
             .collect();
         Ok(Response::new(pb::ListQueuesResponse { queues }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_page_token_keeps_the_run_time_to_the_nanosecond() {
+        let at = DateTime::from_timestamp(1_796_000_000, 123_456_789).unwrap();
+        let submission = postsub_tasks::Submission {
+            form_id: Uuid::new_v4(),
+            submission_id: Uuid::new_v4(),
+            answers: serde_json::Map::new(),
+            submitted_at: at,
+            metadata: Default::default(),
+        };
+        let run = Run::queued(Uuid::new_v4(), "webhook", Mode::Async, &submission, at);
+        assert_eq!(
+            parse_page_token(&page_token(&run)).unwrap(),
+            Some((at, run.run_id))
+        );
+        for garbage in ["1_x", "1.5", "x.1_00000000-0000-0000-0000-000000000000"] {
+            assert!(parse_page_token(garbage).is_err(), "{garbage}");
+        }
     }
 }

@@ -436,6 +436,13 @@ async fn run_history_filters_and_pages(backend: Backend) {
         ))
         .await
         .unwrap();
+    // Three runs per submission, created at one instant: pages must end between them too.
+    for name in ["more", "again"] {
+        admin
+            .create_binding(binding(form, name, "validate", pb::Mode::Sync, json!({})))
+            .await
+            .unwrap();
+    }
     let mut client = proxy.process_client().await;
     for n in 0..5 {
         client
@@ -443,7 +450,7 @@ async fn run_history_filters_and_pages(backend: Backend) {
             .await
             .unwrap();
     }
-    eventually("five runs", || {
+    eventually("fifteen runs", || {
         let mut admin = admin.clone();
         async move {
             admin
@@ -456,7 +463,7 @@ async fn run_history_filters_and_pages(backend: Backend) {
                 .into_inner()
                 .runs
                 .len()
-                == 5
+                == 15
         }
     })
     .await;
@@ -482,7 +489,7 @@ async fn run_history_filters_and_pages(backend: Backend) {
     }
     seen.sort();
     seen.dedup();
-    assert_eq!(seen.len(), 5, "paging returns each run once");
+    assert_eq!(seen.len(), 15, "paging returns each run once");
     let other_form = admin
         .list_runs(pb::ListRunsRequest {
             form_id: Uuid::new_v4().to_string(),
