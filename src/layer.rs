@@ -42,6 +42,7 @@ use tower::Layer;
 use crate::{
     json::{from_proto_value, to_proto_struct, to_proto_timestamp},
     pb::{self, post_submission_client::PostSubmissionClient},
+    tls::{ClientTls, TlsError},
 };
 
 /// The body type of responses from [`PostSubmission`]: the route's own body when passed
@@ -98,6 +99,8 @@ struct Settings {
 pub struct PostSubmissionLayer {
     client: PostSubmissionClient<Channel>,
     settings: Arc<Settings>,
+    /// Where the channel goes, when the layer made it: TLS settings remake it.
+    proxy: Option<(String, ClientTls)>,
 }
 
 impl PostSubmissionLayer {
@@ -111,17 +114,50 @@ impl PostSubmissionLayer {
                 max_body_bytes: 1024 * 1024,
                 fields: SubmissionFields::default(),
             }),
+            proxy: None,
         }
     }
 
-    /// A layer for the proxy at `url` (`http://host:port`). Connects on first use and
-    /// reconnects by itself, so the backend starts even when the proxy is not up yet.
-    pub fn connect_lazy(url: &str) -> Result<Self, tonic::transport::Error> {
-        let channel = Endpoint::from_shared(url.to_owned())?
-            .connect_timeout(Duration::from_secs(1))
-            .tcp_nodelay(true)
-            .connect_lazy();
-        Ok(Self::new(channel))
+    /// A layer for the proxy at `url`: `http://host:port`, or `https://host:port` checked
+    /// against the system's roots (or the CA of [`Self::ca_certificate`]). Connects on first
+    /// use and reconnects by itself, so the backend starts even when the proxy is not up yet.
+    pub fn connect_lazy(url: &str) -> Result<Self, TlsError> {
+        let tls = ClientTls::default();
+        let mut layer = Self::new(lazy_channel(tls.endpoint(url)?));
+        layer.proxy = Some((url.to_owned(), tls));
+        Ok(layer)
+    }
+
+    /// Reaches the proxy with these TLS settings (e.g. [`ClientTls::from_pem_files`]).
+    /// Fails on an `http://` URL, a CA file with no certificate, or a layer made by
+    /// [`Self::new`].
+    pub fn tls(self, tls: ClientTls) -> Result<Self, TlsError> {
+        self.with_tls(|_| tls)
+    }
+
+    /// Trusts the proxy's certificate when this CA (PEM) signed it, instead of the system's
+    /// roots: for a proxy with a private CA's certificate. Fails on a file with no
+    /// certificate, an `http://` URL, or a layer made by [`Self::new`].
+    pub fn ca_certificate(self, pem: impl AsRef<[u8]>) -> Result<Self, TlsError> {
+        self.with_tls(|tls| tls.ca_certificate(pem))
+    }
+
+    /// Shows this certificate and key (PEM) to a proxy that requires client certificates
+    /// (mutual TLS, `POSTSUB_TLS_CLIENT_CA`).
+    pub fn client_identity(
+        self,
+        cert_pem: impl AsRef<[u8]>,
+        key_pem: impl AsRef<[u8]>,
+    ) -> Result<Self, TlsError> {
+        self.with_tls(|tls| tls.identity(cert_pem, key_pem))
+    }
+
+    fn with_tls(mut self, change: impl FnOnce(ClientTls) -> ClientTls) -> Result<Self, TlsError> {
+        let (url, tls) = self.proxy.take().ok_or(TlsError::OwnChannel)?;
+        let tls = change(tls);
+        self.client = PostSubmissionClient::new(lazy_channel(tls.endpoint(&url)?));
+        self.proxy = Some((url, tls));
+        Ok(self)
     }
 
     /// How long the layer waits for `Process` before answering without it (default 2 s).
@@ -156,6 +192,14 @@ impl PostSubmissionLayer {
         Arc::make_mut(&mut self.settings).fields = fields;
         self
     }
+}
+
+/// The layer's channel: connected on first use, giving up on a connect after 1 s.
+fn lazy_channel(endpoint: Endpoint) -> Channel {
+    endpoint
+        .connect_timeout(Duration::from_secs(1))
+        .tcp_nodelay(true)
+        .connect_lazy()
 }
 
 impl<S> Layer<S> for PostSubmissionLayer {

@@ -8,15 +8,19 @@
 //! - [`layer`]: [`PostSubmissionLayer`], which calls `Process` after every successful submit
 //!   and merges the reply into the response body under `post_submission`.
 //! - [`secret`]: [`Secret`], a token or password kept out of `Debug` output.
+//! - [`tls`]: [`ClientTls`], how the layer and the CLI check the proxy over `https://` and
+//!   show a client certificate.
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]
 
 pub mod json;
 pub mod layer;
 pub mod secret;
+pub mod tls;
 
 pub use layer::{PostSubmission, PostSubmissionLayer, ResponseFuture};
 pub use secret::Secret;
+pub use tls::{ClientTls, TlsError};
 
 /// Generated code of the `postsub.v1` protobuf package.
 #[allow(missing_docs, clippy::all)]

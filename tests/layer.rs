@@ -7,8 +7,7 @@ use std::{
     time::Duration,
 };
 
-use axum::{Json, Router, http::StatusCode, routing::post};
-use http_body_util::BodyExt;
+use axum::http::StatusCode;
 use postsub::{
     PostSubmissionLayer,
     json::to_proto_value,
@@ -17,8 +16,8 @@ use postsub::{
         post_submission_server::{PostSubmission, PostSubmissionServer},
     },
 };
+use postsub_testkit::form_backend::{submit, submit_route};
 use serde_json::{Value, json};
-use tower::ServiceExt;
 
 /// Answers `Process` with one flagged result and one job, after `delay`, and keeps the
 /// requests it got.
@@ -77,28 +76,9 @@ async fn start_stand_in(stand_in: StandIn) -> SocketAddr {
 const SUBMISSION: &str = "7d9f4f0e-3c55-4b8e-9d2a-3c1f0b6f1a11";
 const FORM: &str = "0b1e8a52-9a3f-4f43-8f8e-5b7a0d2c6e90";
 
-/// A submit route answering like a form backend, or with `status` and `body` if given.
-fn app(layer: PostSubmissionLayer, status: StatusCode, body: Value) -> Router {
-    Router::new().route(
-        "/submit",
-        post(move || async move { (status, Json(body)) }).layer(layer),
-    )
-}
-
 fn stored() -> Value {
     json!({"id": SUBMISSION, "form_id": FORM, "answers": {"age": 200},
            "created_at": "2026-11-22T10:00:00Z"})
-}
-
-async fn submit(app: Router) -> (StatusCode, Value) {
-    let request = http::Request::post("/submit")
-        .header("user-agent", "layer-test")
-        .body(axum::body::Body::empty())
-        .unwrap();
-    let response = app.oneshot(request).await.unwrap();
-    let status = response.status();
-    let bytes = response.into_body().collect().await.unwrap().to_bytes();
-    (status, serde_json::from_slice(&bytes).unwrap())
 }
 
 #[tokio::test]
@@ -106,7 +86,7 @@ async fn merges_the_reply_under_post_submission() {
     let stand_in = StandIn::default();
     let addr = start_stand_in(stand_in.clone()).await;
     let layer = PostSubmissionLayer::connect_lazy(&format!("http://{addr}")).unwrap();
-    let (status, body) = submit(app(layer, StatusCode::CREATED, stored())).await;
+    let (status, body) = submit(submit_route(layer, StatusCode::CREATED, stored())).await;
     assert_eq!(status, StatusCode::CREATED);
     assert_eq!(body["id"], SUBMISSION, "the route's own fields stay");
     assert_eq!(
@@ -133,7 +113,7 @@ async fn merges_the_reply_under_post_submission() {
     );
     assert_eq!(
         request.metadata.get("user-agent").map(String::as_str),
-        Some("layer-test")
+        Some("postsub-testkit")
     );
     let answers = postsub::json::from_proto_struct(request.answers.clone().unwrap());
     assert_eq!(Value::Object(answers), json!({"age": 200}));
@@ -145,7 +125,7 @@ async fn failed_submissions_pass_through_without_a_call() {
     let addr = start_stand_in(stand_in.clone()).await;
     let layer = PostSubmissionLayer::connect_lazy(&format!("http://{addr}")).unwrap();
     let error = json!({"error": "unknown form"});
-    let (status, body) = submit(app(layer, StatusCode::NOT_FOUND, error.clone())).await;
+    let (status, body) = submit(submit_route(layer, StatusCode::NOT_FOUND, error.clone())).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert_eq!(body, error);
     assert!(stand_in.requests.lock().unwrap().is_empty());
@@ -158,7 +138,7 @@ async fn submission_succeeds_when_the_proxy_is_down() {
         .local_addr()
         .unwrap();
     let layer = PostSubmissionLayer::connect_lazy(&format!("http://{closed}")).unwrap();
-    let (status, body) = submit(app(layer, StatusCode::CREATED, stored())).await;
+    let (status, body) = submit(submit_route(layer, StatusCode::CREATED, stored())).await;
     assert_eq!(status, StatusCode::CREATED);
     assert_eq!(body["id"], SUBMISSION);
     let error = body["post_submission"]["error"].as_str().unwrap();
@@ -179,7 +159,7 @@ async fn submission_succeeds_when_the_proxy_is_slow() {
     let layer = PostSubmissionLayer::connect_lazy(&format!("http://{addr}"))
         .unwrap()
         .deadline(Duration::from_millis(200));
-    let (status, body) = submit(app(layer, StatusCode::CREATED, stored())).await;
+    let (status, body) = submit(submit_route(layer, StatusCode::CREATED, stored())).await;
     assert_eq!(status, StatusCode::CREATED);
     let error = body["post_submission"]["error"].as_str().unwrap();
     assert!(
@@ -194,7 +174,7 @@ async fn submission_succeeds_when_the_proxy_is_slow() {
 async fn a_body_that_does_not_describe_a_submission_says_so() {
     let addr = start_stand_in(StandIn::default()).await;
     let layer = PostSubmissionLayer::connect_lazy(&format!("http://{addr}")).unwrap();
-    let (status, body) = submit(app(
+    let (status, body) = submit(submit_route(
         layer,
         StatusCode::CREATED,
         json!({"id": SUBMISSION, "answers": {}}),

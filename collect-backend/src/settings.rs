@@ -26,6 +26,20 @@ pub struct Settings {
     #[arg(long, env = "POSTSUB_TOKEN", hide_env_values = true)]
     pub postsub_token: Option<Secret>,
 
+    /// CA certificate (PEM file) the proxy's certificate is checked against, for an
+    /// `https://` POSTSUB_URL with a private CA; the system's roots otherwise.
+    #[arg(long, env = "POSTSUB_CA_CERT")]
+    pub postsub_ca_cert: Option<PathBuf>,
+
+    /// Client certificate (PEM file) for a proxy that requires one (mutual TLS); with
+    /// POSTSUB_CLIENT_KEY.
+    #[arg(long, env = "POSTSUB_CLIENT_CERT", requires = "postsub_client_key")]
+    pub postsub_client_cert: Option<PathBuf>,
+
+    /// The client certificate's private key (PEM file).
+    #[arg(long, env = "POSTSUB_CLIENT_KEY", requires = "postsub_client_cert")]
+    pub postsub_client_key: Option<PathBuf>,
+
     /// Database of forms and submissions, created at startup if missing: `sqlite://PATH` or a
     /// bare PATH for a SQLite file (its directory is created too), `postgres://…` for
     /// PostgreSQL.

@@ -8,7 +8,7 @@ use std::{future::Future, net::SocketAddr};
 
 use anyhow::Context;
 use axum::Router;
-use postsub::PostSubmissionLayer;
+use postsub::{ClientTls, PostSubmissionLayer};
 use tokio::net::TcpListener;
 
 use crate::{Settings, routes, store::Store};
@@ -31,11 +31,23 @@ impl Application {
         let mut post_submission = PostSubmissionLayer::connect_lazy(&settings.postsub_url)
             .with_context(|| {
                 format!(
-                    "POSTSUB_URL `{}` is not a valid URL; use http://host:port",
+                    "POSTSUB_URL `{}` is not a valid URL; use http://host:port or https://host:port",
                     settings.postsub_url
                 )
             })?
             .deadline(settings.postsub_deadline());
+        let identity = settings
+            .postsub_client_cert
+            .as_deref()
+            .zip(settings.postsub_client_key.as_deref());
+        if settings.postsub_ca_cert.is_some() || identity.is_some() {
+            let tls = ClientTls::from_pem_files(settings.postsub_ca_cert.as_deref(), identity)
+                .and_then(|tls| post_submission.tls(tls));
+            post_submission = tls.context(
+                "the TLS settings for the proxy (POSTSUB_CA_CERT, POSTSUB_CLIENT_CERT, \
+                 POSTSUB_CLIENT_KEY)",
+            )?;
+        }
         if let Some(token) = &settings.postsub_token {
             post_submission = post_submission
                 .bearer_token(token.expose())

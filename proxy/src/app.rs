@@ -154,6 +154,10 @@ impl Services {
 
 /// The proxy: gRPC (PostSubmission, TaskAdmin, health, reflection) and HTTP health.
 pub struct Proxy {
+    /// The gRPC server, TLS set when configured.
+    server: tonic::transport::Server,
+    /// Whether gRPC is served over TLS, and whether client certificates are required.
+    tls: Option<bool>,
     grpc: TcpListener,
     http: TcpListener,
     dispatcher: Dispatcher,
@@ -229,6 +233,18 @@ impl Proxy {
             tracing::warn!(error = %err,
                 "the job queue is not answering; jobs are kept until it does");
         }
+        // Certificates are read and parsed before anything listens: a bad file is a
+        // start-up error, not a failure of every call.
+        let mut server = tonic::transport::Server::builder();
+        if let Some(tls) = settings.server_tls()? {
+            server = server
+                .tls_config(tls)
+                .context("POSTSUB_TLS_CERT, POSTSUB_TLS_KEY or POSTSUB_TLS_CLIENT_CA")?;
+        }
+        let tls = settings
+            .tls_cert
+            .is_some()
+            .then_some(settings.tls_client_ca.is_some());
         let grpc = TcpListener::bind(settings.grpc_addr)
             .await
             .with_context(|| format!("cannot listen on {} (gRPC)", settings.grpc_addr))?;
@@ -261,6 +277,8 @@ impl Proxy {
             services.queue.clone(),
         );
         Ok(Self {
+            server,
+            tls,
             grpc,
             http,
             dispatcher,
@@ -317,7 +335,13 @@ impl Proxy {
                 RequireTokenLayer::disabled()
             }
         };
-        let grpc = tonic::transport::Server::builder()
+        match self.tls {
+            Some(true) => tracing::info!("gRPC over TLS; clients must show a certificate"),
+            Some(false) => tracing::info!("gRPC over TLS"),
+            None => {}
+        }
+        let grpc = self
+            .server
             .layer(require_token)
             .add_service(health_service)
             .add_service(reflection_v1)

@@ -1,9 +1,12 @@
 //! The admin client commands (`postsub bindings|kinds|runs|dlq`): they speak to a proxy's
 //! `TaskAdmin` API and print JSON (or a table for `runs list` without `--json`).
 
+use std::path::PathBuf;
+
 use anyhow::{Context as _, anyhow};
 use clap::{Args, Subcommand};
 use postsub::{
+    ClientTls,
     json::{from_proto_struct, from_proto_timestamp, from_proto_value, to_proto_struct},
     pb::{self, task_admin_client::TaskAdminClient},
 };
@@ -36,6 +39,28 @@ pub struct ServerArgs {
     /// `admin` for changes.
     #[arg(long, global = true, env = "POSTSUB_TOKEN", hide_env_values = true)]
     token: Option<Secret>,
+    /// CA certificate (PEM file) to check an `https://` proxy against, instead of the
+    /// system's roots.
+    #[arg(long, global = true, env = "POSTSUB_CA_CERT", value_name = "PEM")]
+    ca_cert: Option<PathBuf>,
+    /// Client certificate (PEM file), for a proxy that requires one (mutual TLS).
+    #[arg(
+        long,
+        global = true,
+        env = "POSTSUB_CLIENT_CERT",
+        value_name = "PEM",
+        requires = "client_key"
+    )]
+    client_cert: Option<PathBuf>,
+    /// The client certificate's private key (PEM file).
+    #[arg(
+        long,
+        global = true,
+        env = "POSTSUB_CLIENT_KEY",
+        value_name = "PEM",
+        requires = "client_cert"
+    )]
+    client_key: Option<PathBuf>,
 }
 
 /// Binding options, flags named as in the API; the proxy checks them. Durations are
@@ -230,8 +255,13 @@ async fn connect(server: &ServerArgs) -> anyhow::Result<Client> {
     // Parsed here, not by clap: the flags are global, and a server command must not fail
     // on a POSTSUB_SERVER it does not use.
     let url = server_url(&server.server).map_err(anyhow::Error::msg)?;
-    let channel = Channel::from_shared(url.clone())
-        .with_context(|| format!("{url} is not a URL"))?
+    let identity = server
+        .client_cert
+        .as_deref()
+        .zip(server.client_key.as_deref());
+    let channel = ClientTls::from_pem_files(server.ca_cert.as_deref(), identity)
+        .and_then(|tls| tls.endpoint(&url))
+        .map_err(|err| anyhow!("{}", postsub_tasks::error_chain(&err)))?
         .connect()
         .await
         .map_err(|err| {
@@ -270,7 +300,16 @@ fn status_error(status: tonic::Status) -> anyhow::Error {
             status.code()
         );
     }
-    anyhow!("{} ({:?})", status.message(), status.code())
+    // A call that failed on the connection (a TLS alert, a closed stream) says why only
+    // in its source.
+    match std::error::Error::source(&status) {
+        Some(cause) => anyhow!(
+            "the call failed on its connection: {}. A proxy serving TLS needs an https:// \
+             --server; one that requires client certificates, --client-cert and --client-key",
+            postsub_tasks::error_chain(cause)
+        ),
+        None => anyhow!("{} ({:?})", status.message(), status.code()),
+    }
 }
 
 fn parse_config(text: &str) -> anyhow::Result<prost_types::Struct> {

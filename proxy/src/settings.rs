@@ -1,10 +1,12 @@
 //! Typed settings of every command, from flags with environment fallbacks.
 
-use std::{net::SocketAddr, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
+use anyhow::Context as _;
 use clap::{Args, Parser, ValueEnum};
 pub use postsub::Secret;
 use postsub_tasks::TargetPolicy;
+use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 
 /// Where postsub keeps its state, which also chooses the backend (see [`crate::backend`]).
 #[derive(Debug, Clone, Args)]
@@ -82,6 +84,58 @@ pub struct ProxySettings {
     /// callers can reach; a warning is logged every minute it runs.
     #[arg(long, env = "POSTSUB_NO_AUTH")]
     pub no_auth: bool,
+    /// Serve gRPC over TLS with this certificate chain (PEM file); with POSTSUB_TLS_KEY.
+    #[arg(
+        long,
+        env = "POSTSUB_TLS_CERT",
+        value_name = "PEM",
+        requires = "tls_key"
+    )]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key (PEM file) of POSTSUB_TLS_CERT.
+    #[arg(
+        long,
+        env = "POSTSUB_TLS_KEY",
+        value_name = "PEM",
+        requires = "tls_cert"
+    )]
+    pub tls_key: Option<PathBuf>,
+    /// Answer only clients whose certificate this CA (PEM file) signed (mutual TLS); needs
+    /// POSTSUB_TLS_CERT.
+    #[arg(
+        long,
+        env = "POSTSUB_TLS_CLIENT_CA",
+        value_name = "PEM",
+        requires = "tls_cert"
+    )]
+    pub tls_client_ca: Option<PathBuf>,
+}
+
+impl ProxySettings {
+    /// The gRPC server's TLS, read from the PEM files: `None` without POSTSUB_TLS_CERT.
+    pub fn server_tls(&self) -> anyhow::Result<Option<ServerTlsConfig>> {
+        let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) else {
+            return Ok(None);
+        };
+        let read = |path: &PathBuf, setting: &str| {
+            std::fs::read(path).with_context(|| format!("cannot read {setting} {}", path.display()))
+        };
+        let identity = Identity::from_pem(
+            read(cert, "POSTSUB_TLS_CERT")?,
+            read(key, "POSTSUB_TLS_KEY")?,
+        );
+        // A client that never finishes its handshake holds a connection for no longer.
+        let mut tls = ServerTlsConfig::new()
+            .identity(identity)
+            .timeout(Duration::from_secs(10));
+        if let Some(ca) = &self.tls_client_ca {
+            let pem = read(ca, "POSTSUB_TLS_CLIENT_CA")?;
+            postsub::tls::check_certificates(&pem)
+                .with_context(|| format!("POSTSUB_TLS_CLIENT_CA {}", ca.display()))?;
+            tls = tls.client_ca_root(Certificate::from_pem(pem));
+        }
+        Ok(Some(tls))
+    }
 }
 
 /// `POSTSUB_ADMIN_TOKEN`: long enough to be a secret.

@@ -7,10 +7,12 @@
 //! - [`sqlite`]: a fresh SQLite file per test (the embedded backend), removed afterwards.
 //! - [`webhook`]: a webhook receiver that checks Standard Webhooks signatures.
 //! - [`sheets`]: a Google Sheets v4 + Drive v3 + OAuth token endpoint emulator.
+//! - [`form_backend`]: a form backend's submit route behind a `PostSubmissionLayer`.
 #![forbid(unsafe_code)]
 
 pub mod broker;
 pub mod database;
+pub mod form_backend;
 pub mod sheets;
 pub mod sqlite;
 pub mod webhook;

@@ -8,7 +8,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-use axum::{Json, Router, routing::post};
 use postsub::{
     PostSubmissionLayer,
     pb::{self, post_submission_client::PostSubmissionClient, task_admin_client::TaskAdminClient},
@@ -18,9 +17,9 @@ use postsub_proxy::{
     backend::{DEV_DATABASE, Database},
     store::{NewToken, Store},
 };
+use postsub_testkit::form_backend::{self, stored_submission, submit_route};
 use serde_json::{Value, json};
 use tonic::{Code, Request, Status, transport::Channel};
-use tower::ServiceExt as _;
 use uuid::Uuid;
 
 use crate::helpers::{Backend, TestProxy, eventually, object, process, spawn_proxy_with};
@@ -318,25 +317,8 @@ async fn a_layer_whose_token_is_refused_lets_the_submission_succeed_and_says_why
         if let Some(token) = token {
             layer = layer.bearer_token(token).unwrap();
         }
-        async move {
-            let stored = json!({"id": Uuid::new_v4().to_string(),
-                "form_id": Uuid::new_v4().to_string(), "answers": {"a": 1},
-                "created_at": "2026-12-02T10:00:00Z"});
-            let app = Router::new().route(
-                "/submit",
-                post(move || async move { (http::StatusCode::CREATED, Json(stored)) }).layer(layer),
-            );
-            let request = http::Request::post("/submit")
-                .body(axum::body::Body::empty())
-                .unwrap();
-            let response = app.oneshot(request).await.unwrap();
-            let status = response.status();
-            let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
-                .await
-                .unwrap();
-            let body: Value = serde_json::from_slice(&bytes).unwrap();
-            (status, body)
-        }
+        let stored = stored_submission(json!({"a": 1}));
+        form_backend::submit(submit_route(layer, http::StatusCode::CREATED, stored))
     };
     let (status, body) = submit_through(Some(&submit)).await;
     assert_eq!(status, http::StatusCode::CREATED);
