@@ -12,18 +12,19 @@ use postsub::{
     pb::{self, task_admin_server::TaskAdmin},
 };
 use postsub_tasks::{Mode, Registry};
-use serde_json::Value;
+use serde_json::{Value, json};
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
 use crate::{
+    auth::Caller,
     bindings::BindingCache,
     ids::{parse_optional_uuid, parse_uuid},
     options::{BindingOptions, DurationOption, OptionError, format_duration},
     queue::{JobQueue, QueueError},
     requeue::{self, RequeueError},
     run::{Attempt, Run, RunStatus, flag_to_proto, mode_from_proto, mode_to_proto},
-    store::{Binding, NewBinding, RunFilter, Store, StoreError},
+    store::{Binding, NewAuditEntry, NewBinding, RunFilter, Store, StoreError},
 };
 
 /// Default and largest page of `ListRuns`.
@@ -64,6 +65,38 @@ impl Admin {
             .map_err(|err| Status::invalid_argument(err.0))
     }
 
+    /// Records a change in the audit log. A change that happened is not undone when its
+    /// entry cannot be written; the failure is logged at ERROR with the entry.
+    async fn audit(
+        &self,
+        actor: String,
+        action: &str,
+        target: String,
+        before: Option<Value>,
+        after: Option<Value>,
+    ) {
+        let entry = NewAuditEntry {
+            actor,
+            action: action.to_owned(),
+            target,
+            before,
+            after,
+        };
+        if let Err(err) = self.store.record_audit(&entry).await {
+            tracing::error!(error = %err, actor = %entry.actor, action = %entry.action,
+                target = %entry.target, "the audit log could not record a change");
+        }
+    }
+
+    /// A binding as the audit log keeps it: secrets masked, as the API shows it.
+    fn audited(&self, binding: &Binding) -> Value {
+        json!({
+            "id": binding.id, "form_id": binding.form_id, "name": binding.name,
+            "kind": binding.kind, "mode": binding.mode.as_str(), "enabled": binding.enabled,
+            "config": redacted_config(&self.registry, binding), "options": binding.options,
+        })
+    }
+
     /// Makes this proxy see a binding change at once (others follow the NOTIFY).
     async fn refresh(&self) {
         if let Err(err) = self.cache.reload().await {
@@ -80,6 +113,15 @@ impl Admin {
             .map_err(database_error)?;
         Ok(Response::new(run_to_proto(run, attempts)))
     }
+}
+
+/// Who made a call, for the audit log: the token's name, or `anonymous` on a proxy that
+/// asks for no token.
+fn actor<T>(request: &Request<T>) -> String {
+    request
+        .extensions()
+        .get::<Caller>()
+        .map_or_else(|| "anonymous".to_owned(), |caller| caller.name.clone())
 }
 
 fn parse_mode(mode: i32) -> Result<Mode, Status> {
@@ -147,12 +189,16 @@ fn config_from_proto(config: Option<prost_types::Struct>) -> Value {
     Value::Object(config.map(from_proto_struct).unwrap_or_default())
 }
 
-fn binding_to_proto(registry: &Registry, binding: Binding) -> pb::Binding {
-    let config = match registry.get(&binding.kind) {
+/// A binding's config with what its kind marks secret masked.
+fn redacted_config(registry: &Registry, binding: &Binding) -> Value {
+    match registry.get(&binding.kind) {
         Some(task) => task.redact_config(&binding.config),
-        None => binding.config,
-    };
-    let config = match config {
+        None => binding.config.clone(),
+    }
+}
+
+fn binding_to_proto(registry: &Registry, binding: Binding) -> pb::Binding {
+    let config = match redacted_config(registry, &binding) {
         Value::Object(map) => Some(to_proto_struct(map)),
         _ => None,
     };
@@ -228,7 +274,6 @@ fn queue_error(err: QueueError) -> Status {
     Status::unavailable(format!("{err}; try again"))
 }
 
-/// `created_at` in microseconds and the run id: where a page of runs ended.
 /// Where a page of runs ended. The time keeps every digit the store holds (SQLite keeps
 /// nanoseconds): a rounded one would skip the runs created within the dropped digits.
 fn page_token(run: &Run) -> String {
@@ -261,6 +306,7 @@ impl TaskAdmin for Admin {
         &self,
         request: Request<pb::CreateBindingRequest>,
     ) -> Result<Response<pb::Binding>, Status> {
+        let actor = actor(&request);
         let request = request.into_inner();
         let form_id = parse_uuid("form_id", &request.form_id)?;
         let name = request.name.trim().to_owned();
@@ -286,6 +332,15 @@ impl TaskAdmin for Admin {
             .await
             .map_err(database_error)?;
         tracing::info!(binding_id = %binding.id, form_id = %binding.form_id, kind = %binding.kind, "binding created");
+        let after = self.audited(&binding);
+        self.audit(
+            actor,
+            "binding.create",
+            binding.id.to_string(),
+            None,
+            Some(after),
+        )
+        .await;
         self.refresh().await;
         Ok(Response::new(binding_to_proto(&self.registry, binding)))
     }
@@ -325,6 +380,7 @@ impl TaskAdmin for Admin {
         &self,
         request: Request<pb::UpdateBindingRequest>,
     ) -> Result<Response<pb::Binding>, Status> {
+        let actor = actor(&request);
         let request = request.into_inner();
         let id = parse_uuid("id", &request.id)?;
         let mut binding = self
@@ -333,6 +389,7 @@ impl TaskAdmin for Admin {
             .await
             .map_err(database_error)?
             .ok_or_else(|| not_found("binding", id))?;
+        let before = self.audited(&binding);
         if let Some(name) = request.name {
             let name = name.trim().to_owned();
             if name.is_empty() {
@@ -357,6 +414,15 @@ impl TaskAdmin for Admin {
             .await
             .map_err(database_error)?
             .ok_or_else(|| not_found("binding", id))?;
+        let after = self.audited(&binding);
+        self.audit(
+            actor,
+            "binding.update",
+            id.to_string(),
+            Some(before),
+            Some(after),
+        )
+        .await;
         self.refresh().await;
         Ok(Response::new(binding_to_proto(&self.registry, binding)))
     }
@@ -365,7 +431,14 @@ impl TaskAdmin for Admin {
         &self,
         request: Request<pb::DeleteBindingRequest>,
     ) -> Result<Response<()>, Status> {
+        let actor = actor(&request);
         let id = parse_uuid("id", &request.into_inner().id)?;
+        let before = self
+            .store
+            .get_binding(id)
+            .await
+            .map_err(database_error)?
+            .ok_or_else(|| not_found("binding", id))?;
         if !self
             .store
             .delete_binding(id)
@@ -374,6 +447,9 @@ impl TaskAdmin for Admin {
         {
             return Err(not_found("binding", id));
         }
+        let before = self.audited(&before);
+        self.audit(actor, "binding.delete", id.to_string(), Some(before), None)
+            .await;
         self.refresh().await;
         Ok(Response::new(()))
     }
@@ -461,10 +537,21 @@ impl TaskAdmin for Admin {
         &self,
         request: Request<pb::RetryRunRequest>,
     ) -> Result<Response<pb::Run>, Status> {
+        let actor = actor(&request);
         let run_id = parse_uuid("run_id", &request.into_inner().run_id)?;
+        let before = self.store.get_run(run_id).await.map_err(database_error)?;
         let run = requeue::retry_run(self.store.as_ref(), self.queue.as_ref(), run_id)
             .await
             .map_err(requeue_error)?;
+        let status = |run: &Run| json!({"status": run.status.as_str(), "attempts": run.attempts});
+        self.audit(
+            actor,
+            "run.retry",
+            run_id.to_string(),
+            before.as_ref().map(status),
+            Some(status(&run)),
+        )
+        .await;
         self.run_with_attempts(run).await
     }
 
@@ -472,8 +559,18 @@ impl TaskAdmin for Admin {
         &self,
         request: Request<pb::ReplayDeadLettersRequest>,
     ) -> Result<Response<pb::ReplayDeadLettersResponse>, Status> {
+        let actor = actor(&request);
         let request = request.into_inner();
         let form_id = parse_optional_uuid("form_id", &request.form_id)?;
+        let target = format!(
+            "kind {}, form {}",
+            if request.kind.is_empty() {
+                "any"
+            } else {
+                &request.kind
+            },
+            form_id.map_or_else(|| "any".to_owned(), |id| id.to_string())
+        );
         let kinds: Vec<String> = if request.kind.is_empty() {
             self.registry.kinds().map(|k| k.kind().to_owned()).collect()
         } else if self.registry.get(&request.kind).is_some() {
@@ -488,7 +585,58 @@ impl TaskAdmin for Admin {
             requeue::replay_dead_letters(self.store.as_ref(), self.queue.as_ref(), &kinds, form_id)
                 .await
                 .map_err(requeue_error)?;
+        let after = json!({"replayed": replayed});
+        self.audit(actor, "dlq.replay", target, None, Some(after))
+            .await;
         Ok(Response::new(pb::ReplayDeadLettersResponse { replayed }))
+    }
+
+    async fn list_audit_entries(
+        &self,
+        request: Request<pb::ListAuditEntriesRequest>,
+    ) -> Result<Response<pb::ListAuditEntriesResponse>, Status> {
+        let request = request.into_inner();
+        let since = request
+            .since
+            .map(|t| from_timestamp("since", t))
+            .transpose()?;
+        let before_id = match request.page_token.as_str() {
+            "" => None,
+            token => Some(token.parse::<i64>().map_err(|_| {
+                Status::invalid_argument("page_token is not one this server issued")
+            })?),
+        };
+        let page_size = match request.page_size {
+            0 => DEFAULT_PAGE,
+            n => n.min(MAX_PAGE),
+        };
+        // One extra entry tells whether another page follows.
+        let mut entries = self
+            .store
+            .audit_entries(since, before_id, i64::from(page_size) + 1)
+            .await
+            .map_err(database_error)?;
+        let next_page_token = if entries.len() > page_size as usize {
+            entries.truncate(page_size as usize);
+            entries.last().map(|e| e.id.to_string()).unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok(Response::new(pb::ListAuditEntriesResponse {
+            entries: entries
+                .into_iter()
+                .map(|entry| pb::AuditEntry {
+                    id: entry.id,
+                    at: Some(to_proto_timestamp(&entry.at)),
+                    actor: entry.actor,
+                    action: entry.action,
+                    target: entry.target,
+                    before: entry.before.map(to_proto_value),
+                    after: entry.after.map(to_proto_value),
+                })
+                .collect(),
+            next_page_token,
+        }))
     }
 
     async fn list_queues(

@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     app::{DevStack, Launch, Proxy, Services},
     backend::{Backend, Database, SERVER_DATABASE},
-    client::{self, BindingsCommand, DlqCommand, RunsCommand},
+    client::{self, AuditCommand, BindingsCommand, DlqCommand, RunsCommand},
     settings::{
         BrokerSettings, DatabaseSettings, DevSettings, ProxySettings, TargetSettings,
         WorkerSettings,
@@ -54,6 +54,9 @@ enum Command {
     /// Make, list and revoke API tokens (in the database itself: DATABASE_URL).
     #[command(subcommand)]
     Tokens(TokensCommand),
+    /// Read the audit log: who changed what, and when.
+    #[command(subcommand)]
+    Audit(AuditCommand),
 }
 
 #[derive(Debug, Args)]
@@ -91,6 +94,7 @@ pub async fn main() -> ExitCode {
             | Command::Dlq(_)
             | Command::Queues(_)
             | Command::Tokens(_)
+            | Command::Audit(_)
     );
     init_tracing(if server { "info" } else { "warn" });
     let result = match cli.command {
@@ -104,6 +108,7 @@ pub async fn main() -> ExitCode {
         Command::Dlq(command) => client::dlq(&cli.server, command).await,
         Command::Queues(args) => client::queues(&cli.server, args).await,
         Command::Tokens(command) => tokens::tokens(command).await,
+        Command::Audit(command) => client::audit(&cli.server, command).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

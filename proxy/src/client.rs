@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 
 use anyhow::{Context as _, anyhow};
+use chrono::{DateTime, Utc};
 use clap::{Args, Subcommand};
 use postsub::{
     ClientTls,
@@ -217,6 +218,39 @@ pub enum DlqCommand {
         #[arg(long)]
         form: Option<String>,
     },
+}
+
+/// `postsub audit …`
+#[allow(missing_docs)] // the fields document themselves in `--help`
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Changes made through the admin API or `postsub tokens`, newest first.
+    List {
+        /// Only entries since this time: RFC 3339 (`2026-12-02T10:00:00Z`) or an age
+        /// (`30m`, `1d`: that long ago).
+        #[arg(long, value_parser = since)]
+        since: Option<DateTime<Utc>>,
+        /// At most this many entries.
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+        /// Print a JSON array instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `--since`: a time, or an age back from now.
+fn since(text: &str) -> Result<DateTime<Utc>, String> {
+    if let Ok(at) = DateTime::parse_from_rfc3339(text) {
+        return Ok(at.with_timezone(&Utc));
+    }
+    let age = humantime::parse_duration(text).map_err(|_| {
+        format!("`{text}` is neither an RFC 3339 time nor an age such as 30m or 1d")
+    })?;
+    chrono::Duration::from_std(age)
+        .ok()
+        .and_then(|age| Utc::now().checked_sub_signed(age))
+        .ok_or_else(|| format!("`{text}` reaches too far back"))
 }
 
 /// `postsub queues`
@@ -583,6 +617,54 @@ pub async fn runs(server: &ServerArgs, command: RunsCommand) -> anyhow::Result<(
                 .map_err(status_error)?;
             print_json(&run_json(run.into_inner()));
         }
+    }
+    Ok(())
+}
+
+/// Runs a `postsub audit` command.
+pub async fn audit(server: &ServerArgs, command: AuditCommand) -> anyhow::Result<()> {
+    let AuditCommand::List { since, limit, json } = command;
+    let request = pb::ListAuditEntriesRequest {
+        since: since.map(|t| postsub::json::to_proto_timestamp(&t)),
+        page_size: limit,
+        page_token: String::new(),
+    };
+    let entries: Vec<Value> = connect(server)
+        .await?
+        .list_audit_entries(request)
+        .await
+        .map_err(status_error)?
+        .into_inner()
+        .entries
+        .into_iter()
+        .map(|entry| {
+            json!({"id": entry.id, "at": time(entry.at), "actor": entry.actor,
+                   "action": entry.action, "target": entry.target,
+                   "before": entry.before.map_or(Value::Null, from_proto_value),
+                   "after": entry.after.map_or(Value::Null, from_proto_value)})
+        })
+        .collect();
+    if json {
+        print_json(&Value::Array(entries));
+        return Ok(());
+    }
+    println!("{:<20}  {:<24}  {:<14}  TARGET", "AT", "ACTOR", "ACTION");
+    for entry in &entries {
+        let text = |key: &str| entry[key].as_str().unwrap_or("").to_owned();
+        // To the second: the table is for reading, the JSON keeps every digit.
+        let at = DateTime::parse_from_rfc3339(&text("at"))
+            .map(|at| {
+                at.to_utc()
+                    .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            })
+            .unwrap_or_default();
+        println!(
+            "{:<20}  {:<24}  {:<14}  {}",
+            at,
+            text("actor"),
+            text("action"),
+            text("target")
+        );
     }
     Ok(())
 }

@@ -13,7 +13,7 @@ use crate::{
     backend::{Database, SERVER_DATABASE},
     client::print_json,
     settings::DatabaseSettings,
-    store::{NewToken, Store},
+    store::{NewAuditEntry, NewToken, Store},
 };
 
 /// `postsub tokens …`
@@ -84,6 +84,8 @@ async fn run(store: &dyn Store, command: TokensCommand) -> anyhow::Result<()> {
                 }
                 created => created.context("storing the token")?,
             };
+            let after = json!({"name": name, "scope": scope.as_str()});
+            audit(store, "token.create", &name, Some(after)).await?;
             eprintln!(
                 "created token {name:?} with scope `{scope}`; it is shown only this once, keep it \
                  somewhere safe:"
@@ -128,8 +130,31 @@ async fn run(store: &dyn Store, command: TokensCommand) -> anyhow::Result<()> {
             {
                 bail!("no token is named {name:?} (`postsub tokens list` shows them)");
             }
+            audit(store, "token.revoke", &name, None).await?;
             eprintln!("revoked token {name:?}");
         }
     }
     Ok(())
+}
+
+/// Records a token change in the audit log, as the user at the terminal (`$USER`): this
+/// command works on the database itself, with no token to name.
+async fn audit(
+    store: &dyn Store,
+    action: &str,
+    name: &str,
+    after: Option<Value>,
+) -> anyhow::Result<()> {
+    let user = std::env::var("USER").unwrap_or_else(|_| "unknown user".to_owned());
+    let entry = NewAuditEntry {
+        actor: format!("postsub tokens ({user})"),
+        action: action.to_owned(),
+        target: name.to_owned(),
+        before: None,
+        after,
+    };
+    store
+        .record_audit(&entry)
+        .await
+        .context("the change is made, but the audit log could not record it")
 }

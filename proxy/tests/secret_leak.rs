@@ -150,6 +150,12 @@ async fn a_webhook_secret_is_found_nowhere_but_in_its_binding() {
     seen += &said(&cli(&server, &["bindings", "get", &id]));
     seen += &said(&cli(&server, &["bindings", "list", "--form", &form]));
     seen += &said(&cli(&server, &["kinds"]));
+    let audit = cli(&server, &["audit", "list", "--json"]);
+    assert!(
+        said(&audit).contains("binding.create"),
+        "the audit log has the binding"
+    );
+    seen += &said(&audit);
     assert!(terminate(&mut dev).await);
     seen += &std::fs::read_to_string(&log_path).unwrap();
 
@@ -172,7 +178,13 @@ async fn a_webhook_secret_is_found_nowhere_but_in_its_binding() {
         .fetch_one(&pool)
         .await
         .unwrap();
+    let audit_log: Vec<(Option<String>, Option<String>)> =
+        sqlx::query_as("SELECT before, after FROM audit_log")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
     pool.close().await;
+    seen += &format!("{audit_log:?}");
     assert!(history.len() == 2 && !attempts.is_empty(), "{history:?}");
     seen += &format!("{history:?}{attempts:?}{jobs:?}");
 

@@ -194,6 +194,84 @@ async fn tokens_are_made_listed_and_revoked_and_the_cli_must_carry_one() {
     tokio::time::sleep(Duration::from_secs(1)).await;
     let after = cli(&["kinds", "--token", &reader], &file.url, &server);
     assert!(text(&after.stderr).contains("unknown or revoked token"));
+
+    // The audit log holds the token changes, by the user who ran `postsub tokens`, and
+    // what the admin token changed through the API; never a token.
+    let bound = cli(
+        &[
+            "bindings",
+            "create",
+            "--token",
+            &token,
+            "--form",
+            &uuid::Uuid::new_v4().to_string(),
+            "--name",
+            "checks",
+            "--kind",
+            "validate",
+            "--mode",
+            "sync",
+            "--config",
+            "{}",
+        ],
+        &file.url,
+        &server,
+    );
+    assert!(bound.status.success(), "{}", text(&bound.stderr));
+    let audit = cli(
+        &["audit", "list", "--json", "--token", &token],
+        &file.url,
+        &server,
+    );
+    assert!(audit.status.success(), "{}", text(&audit.stderr));
+    let audit_text = text(&audit.stdout);
+    let entries: serde_json::Value = serde_json::from_str(&audit_text).unwrap();
+    let said: Vec<(String, String, String)> = entries
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            let field = |key: &str| e[key].as_str().unwrap().to_owned();
+            (field("actor"), field("action"), field("target"))
+        })
+        .collect();
+    let user = std::env::var("USER").unwrap_or_else(|_| "unknown user".into());
+    let by_cli = format!("postsub tokens ({user})");
+    assert_eq!(said.len(), 4, "{audit_text}");
+    assert_eq!(
+        (said[0].0.as_str(), said[0].1.as_str()),
+        ("ops", "binding.create")
+    );
+    assert_eq!(
+        said[1],
+        (by_cli.clone(), "token.revoke".into(), "dash".into())
+    );
+    assert_eq!(
+        said[2],
+        (by_cli.clone(), "token.create".into(), "dash".into())
+    );
+    assert_eq!(said[3], (by_cli, "token.create".into(), "ops".into()));
+    assert!(!audit_text.contains(&token) && !audit_text.contains(&reader));
+    let table = cli(
+        &["audit", "list", "--since", "1h", "--token", &token],
+        &file.url,
+        &server,
+    );
+    let table = text(&table.stdout);
+    assert!(
+        table.starts_with("AT") && table.lines().count() == 5,
+        "{table}"
+    );
+    let bad_since = cli(
+        &["audit", "list", "--since", "yesterday-ish"],
+        &file.url,
+        &server,
+    );
+    assert!(
+        text(&bad_since.stderr).contains("neither an RFC 3339 time nor an age"),
+        "{}",
+        text(&bad_since.stderr)
+    );
     assert!(terminate(&mut serve).await);
     // No token reaches the log.
     let log = log(&log_path);

@@ -11,7 +11,7 @@ use http::{Request, Response};
 use tonic::{Status, body::Body};
 use tower::{Layer, Service};
 
-use super::{Access, Scope, TokenCache, access, hash};
+use super::{Access, Caller, Scope, TokenCache, access, hash};
 
 /// Refuses gRPC calls without a token of the right scope: `UNAUTHENTICATED` when the
 /// `authorization: Bearer` header is missing or names no known token, `PERMISSION_DENIED`
@@ -77,22 +77,29 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, request: Request<B>) -> Self::Future {
+    fn call(&mut self, mut request: Request<B>) -> Self::Future {
         let checked = match &self.check {
             Some(check) => check.authorize(&request),
-            None => Ok(()),
+            None => Ok(None),
         };
         match checked {
-            Ok(()) => Either::Left(self.inner.call(request)),
+            Ok(caller) => {
+                // The services read who called (the audit log) from the request.
+                if let Some(caller) = caller {
+                    request.extensions_mut().insert(caller);
+                }
+                Either::Left(self.inner.call(request))
+            }
             Err(status) => Either::Right(ready(Ok(status.into_http()))),
         }
     }
 }
 
 impl Check {
-    fn authorize<B>(&self, request: &Request<B>) -> Result<(), Status> {
+    /// Who is calling, when the method needs a token and the token covers it.
+    fn authorize<B>(&self, request: &Request<B>) -> Result<Option<Caller>, Status> {
         let needed = match access(request.uri().path()) {
-            Access::Open => return Ok(()),
+            Access::Open => return Ok(None),
             Access::AnyToken => None,
             Access::Scope(scope) => Some(scope),
         };
@@ -120,7 +127,7 @@ impl Check {
                     request.uri().path()
                 )))
             }
-            _ => Ok(()),
+            _ => Ok(Some(Caller { name, scope })),
         }
     }
 }

@@ -20,7 +20,7 @@ use sha2::{Digest as _, Sha256};
 
 pub use self::{
     layer::{RequireToken, RequireTokenLayer},
-    tokens::{TokenCache, TokenCacheTask},
+    tokens::{Caller, TokenCache, TokenCacheTask},
 };
 
 /// What a token lets its holder do.

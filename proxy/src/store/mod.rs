@@ -178,6 +178,18 @@ pub trait Store: TaskState + Send + Sync {
     /// Deletes the token `name`; false when there was none.
     async fn revoke_token(&self, name: &str) -> StoreResult<bool>;
 
+    /// Adds an entry to the audit log.
+    async fn record_audit(&self, entry: &NewAuditEntry) -> StoreResult<()>;
+
+    /// Audit entries at or after `since` and older than entry `before_id`, newest first,
+    /// at most `limit`.
+    async fn audit_entries(
+        &self,
+        since: Option<DateTime<Utc>>,
+        before_id: Option<i64>,
+        limit: i64,
+    ) -> StoreResult<Vec<AuditEntry>>;
+
     /// Records when tokens were last used.
     async fn touch_tokens(&self, used: &[(String, DateTime<Utc>)]) -> StoreResult<()>;
 
@@ -307,6 +319,24 @@ macro_rules! shared_reads {
             .fetch_optional(pool)
             .await?;
             Ok(row.map(Into::into))
+        }
+
+        async fn read_audit(
+            pool: &$pool,
+            since: Option<chrono::DateTime<chrono::Utc>>,
+            before_id: Option<i64>,
+            limit: i64,
+        ) -> sqlx::Result<Vec<$crate::store::AuditEntry>> {
+            sqlx::query_as(
+                "SELECT id, at, actor, action, target, before, after FROM audit_log
+                 WHERE ($1 IS NULL OR at >= $1) AND ($2 IS NULL OR id < $2)
+                 ORDER BY id DESC LIMIT $3",
+            )
+            .bind(since)
+            .bind(before_id)
+            .bind(limit)
+            .fetch_all(pool)
+            .await
         }
 
         async fn read_tokens(pool: &$pool) -> sqlx::Result<Vec<$crate::store::ApiToken>> {
@@ -441,6 +471,44 @@ pub struct NewToken {
     /// SHA-256 of the token.
     pub hash: [u8; 32],
 }
+
+/// A change to record in the audit log.
+#[derive(Debug, Clone)]
+pub struct NewAuditEntry {
+    /// Who: the token's name, `POSTSUB_ADMIN_TOKEN`, or `anonymous` without tokens.
+    pub actor: String,
+    /// What: `binding.create`, `token.revoke`, `dlq.replay`, ...
+    pub action: String,
+    /// On what: a binding or run id, a token name, a filter.
+    pub target: String,
+    /// The target before the change, secrets masked.
+    pub before: Option<Value>,
+    /// The target after it, secrets masked.
+    pub after: Option<Value>,
+}
+
+/// An entry of the audit log.
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct AuditEntry {
+    /// Increasing: the order entries were written in.
+    pub id: i64,
+    /// When.
+    pub at: DateTime<Utc>,
+    /// Who.
+    pub actor: String,
+    /// What.
+    pub action: String,
+    /// On what.
+    pub target: String,
+    /// Before, masked.
+    pub before: Option<Value>,
+    /// After, masked.
+    pub after: Option<Value>,
+}
+
+/// The insert of [`Store::record_audit`], the same in both dialects; `$1` is the time.
+const INSERT_AUDIT: &str = "INSERT INTO audit_log (at, actor, action, target, before, after)
+     VALUES ($1, $2, $3, $4, $5, $6)";
 
 const TOKEN_COLUMNS: &str = "name, scope, hash, created_at, last_used_at";
 

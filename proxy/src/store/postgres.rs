@@ -23,9 +23,9 @@ use tokio::sync::Mutex;
 use uuid::Uuid;
 
 use super::{
-    ApiToken, BINDING_COLUMNS, Binding, BindingRow, ChangeFeed, NewBinding, NewToken, RunFilter,
-    RunRow, RunWrite, Store, StoreResult, TOKEN_COLUMNS, Take, TokenRow, check_schema,
-    list_runs_query, take_run_sql,
+    ApiToken, AuditEntry, BINDING_COLUMNS, Binding, BindingRow, ChangeFeed, INSERT_AUDIT,
+    NewAuditEntry, NewBinding, NewToken, RunFilter, RunRow, RunWrite, Store, StoreResult,
+    TOKEN_COLUMNS, Take, TokenRow, check_schema, list_runs_query, take_run_sql,
 };
 use crate::{
     job::Job,
@@ -281,6 +281,28 @@ impl Store for PgStore {
             .execute(&self.pool)
             .await?;
         Ok(result.rows_affected() == 1)
+    }
+
+    async fn record_audit(&self, entry: &NewAuditEntry) -> StoreResult<()> {
+        sqlx::query(INSERT_AUDIT)
+            .bind(Utc::now())
+            .bind(&entry.actor)
+            .bind(&entry.action)
+            .bind(&entry.target)
+            .bind(&entry.before)
+            .bind(&entry.after)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn audit_entries(
+        &self,
+        since: Option<DateTime<Utc>>,
+        before_id: Option<i64>,
+        limit: i64,
+    ) -> StoreResult<Vec<AuditEntry>> {
+        Ok(read_audit(&self.pool, since, before_id, limit).await?)
     }
 
     async fn touch_tokens(&self, used: &[(String, DateTime<Utc>)]) -> StoreResult<()> {

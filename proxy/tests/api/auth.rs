@@ -31,10 +31,10 @@ crate::contract!(
 );
 
 /// The bootstrap admin token the test proxies start with (`POSTSUB_ADMIN_TOKEN`).
-const BOOTSTRAP: &str = "test-bootstrap-admin-token-0123456789abcdef";
+pub(crate) const BOOTSTRAP: &str = "test-bootstrap-admin-token-0123456789abcdef";
 
 /// A proxy that asks for tokens, and its store, to make tokens in.
-async fn proxy_with_tokens(backend: Backend) -> (TestProxy, Arc<dyn Store>) {
+pub(crate) async fn proxy_with_tokens(backend: Backend) -> (TestProxy, Arc<dyn Store>) {
     let proxy = spawn_proxy_with(backend, &["--admin-token", BOOTSTRAP]).await;
     let store = Database::from_settings(&proxy.settings.database, DEV_DATABASE)
         .unwrap()
@@ -45,7 +45,7 @@ async fn proxy_with_tokens(backend: Backend) -> (TestProxy, Arc<dyn Store>) {
 }
 
 /// Stores a new token of `scope` and returns it.
-async fn create_token(store: &dyn Store, name: &str, scope: Scope) -> String {
+pub(crate) async fn create_token(store: &dyn Store, name: &str, scope: Scope) -> String {
     let issued = IssuedToken::generate();
     store
         .create_token(&NewToken {
@@ -59,7 +59,7 @@ async fn create_token(store: &dyn Store, name: &str, scope: Scope) -> String {
 }
 
 /// `message` with `authorization: Bearer <token>` when there is a token.
-fn with_token<T>(message: T, token: Option<&str>) -> Request<T> {
+pub(crate) fn with_token<T>(message: T, token: Option<&str>) -> Request<T> {
     let mut request = Request::new(message);
     if let Some(token) = token {
         let value = format!("Bearer {token}").parse().unwrap();
@@ -82,6 +82,7 @@ const METHODS: &[(&str, Need)] = &[
     ("RetryRun", Need::Scope(Scope::Admin)),
     ("ReplayDeadLetters", Need::Scope(Scope::Admin)),
     ("ListQueues", Need::Scope(Scope::Read)),
+    ("ListAuditEntries", Need::Scope(Scope::Admin)),
     ("Health.Check", Need::Nothing),
     ("ServerReflectionInfo", Need::AnyToken),
 ];
@@ -168,6 +169,10 @@ async fn call(channel: &Channel, method: &str, token: Option<&str>) -> Code {
             .map(drop),
         "ListQueues" => admin
             .list_queues(with_token(pb::ListQueuesRequest {}, token))
+            .await
+            .map(drop),
+        "ListAuditEntries" => admin
+            .list_audit_entries(with_token(pb::ListAuditEntriesRequest::default(), token))
             .await
             .map(drop),
         "Health.Check" => tonic_health::pb::health_client::HealthClient::new(channel.clone())

@@ -40,9 +40,9 @@ use self::{
     writer::{Writer, WriterTask},
 };
 use super::{
-    ApiToken, BINDING_COLUMNS, Binding, BindingRow, ChangeFeed, NewBinding, NewToken, RunFilter,
-    RunRow, RunWrite, Schema, Store, StoreError, StoreResult, TOKEN_COLUMNS, Take, TokenRow,
-    check_schema, list_runs_query, take_run_sql,
+    ApiToken, AuditEntry, BINDING_COLUMNS, Binding, BindingRow, ChangeFeed, INSERT_AUDIT,
+    NewAuditEntry, NewBinding, NewToken, RunFilter, RunRow, RunWrite, Schema, Store, StoreError,
+    StoreResult, TOKEN_COLUMNS, Take, TokenRow, check_schema, list_runs_query, take_run_sql,
 };
 use crate::{
     job::Job,
@@ -468,6 +468,36 @@ impl Store for SqliteStore {
             })
             .await?;
         Ok(deleted.rows_affected() == 1)
+    }
+
+    async fn record_audit(&self, entry: &NewAuditEntry) -> StoreResult<()> {
+        let entry = entry.clone();
+        self.db
+            .writer
+            .write(move |connection| {
+                Box::pin(async move {
+                    sqlx::query(INSERT_AUDIT)
+                        .bind(sql_time(Utc::now()))
+                        .bind(&entry.actor)
+                        .bind(&entry.action)
+                        .bind(&entry.target)
+                        .bind(&entry.before)
+                        .bind(&entry.after)
+                        .execute(connection)
+                        .await
+                })
+            })
+            .await?;
+        Ok(())
+    }
+
+    async fn audit_entries(
+        &self,
+        since: Option<DateTime<Utc>>,
+        before_id: Option<i64>,
+        limit: i64,
+    ) -> StoreResult<Vec<AuditEntry>> {
+        Ok(read_audit(&self.db.readers, since, before_id, limit).await?)
     }
 
     async fn touch_tokens(&self, used: &[(String, DateTime<Utc>)]) -> StoreResult<()> {
