@@ -362,7 +362,11 @@ impl Publisher {
 
     /// Closes the connection.
     pub async fn close(&self) {
-        self.channel.store(None);
+        // The channel first: a connection closed under an open channel makes lapin log the
+        // channel's end as an error.
+        if let Some(channel) = self.channel.swap(None) {
+            let _ = channel.close(200, "shutting down".into()).await;
+        }
         if let Some(connection) = self.connecting.lock().await.take() {
             let _ = connection.close(200, "shutting down".into()).await;
         }
