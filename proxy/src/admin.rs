@@ -585,10 +585,13 @@ impl TaskAdmin for Admin {
             requeue::replay_dead_letters(self.store.as_ref(), self.queue.as_ref(), &kinds, form_id)
                 .await
                 .map_err(requeue_error)?;
-        let after = json!({"replayed": replayed});
+        let after = json!({"replayed": replayed.replayed, "unknown": replayed.unknown});
         self.audit(actor, "dlq.replay", target, None, Some(after))
             .await;
-        Ok(Response::new(pb::ReplayDeadLettersResponse { replayed }))
+        Ok(Response::new(pb::ReplayDeadLettersResponse {
+            replayed: replayed.replayed,
+            unknown: replayed.unknown,
+        }))
     }
 
     async fn list_audit_entries(

@@ -209,7 +209,8 @@ impl Backend {
     pub fn describe(&self) -> String {
         match &self.broker {
             Some(broker) => format!(
-                "{} and RabbitMQ at {} (queues {}.<kind>)",
+                "{} and RabbitMQ at {} (queues {}.<kind>: deployments sharing a vhost need \
+                 one POSTSUB_QUEUE_PREFIX each)",
                 self.database.describe(),
                 redact(&broker.url),
                 broker.prefix
@@ -304,7 +305,8 @@ mod tests {
         assert_eq!(
             pg.describe(),
             "PostgreSQL at postgres://u:***@db/postsub and RabbitMQ at \
-             amqp://guest:***@127.0.0.1:5672/%2f (queues postsub.<kind>)"
+             amqp://guest:***@127.0.0.1:5672/%2f (queues postsub.<kind>: deployments sharing \
+             a vhost need one POSTSUB_QUEUE_PREFIX each)"
         );
     }
 

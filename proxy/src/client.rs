@@ -1,7 +1,7 @@
 //! The admin client commands (`postsub bindings|kinds|runs|dlq`): they speak to a proxy's
 //! `TaskAdmin` API and print JSON (or a table for `runs list` without `--json`).
 
-use std::path::PathBuf;
+use std::{io::IsTerminal as _, path::PathBuf};
 
 use anyhow::{Context as _, anyhow};
 use chrono::{DateTime, Utc};
@@ -217,6 +217,10 @@ pub enum DlqCommand {
         /// Only jobs of this form (UUID).
         #[arg(long)]
         form: Option<String>,
+        /// Replay every dead letter without asking (without --kind or --form, the command
+        /// asks first when it runs at a terminal).
+        #[arg(long, short = 'y')]
+        yes: bool,
     },
 }
 
@@ -672,22 +676,69 @@ pub async fn audit(server: &ServerArgs, command: AuditCommand) -> anyhow::Result
 /// Runs a `postsub dlq` command.
 pub async fn dlq(server: &ServerArgs, command: DlqCommand) -> anyhow::Result<()> {
     match command {
-        DlqCommand::Replay { kind, form } => {
+        DlqCommand::Replay { kind, form, yes } => {
+            let mut client = connect(server).await?;
+            if kind.is_none() && form.is_none() {
+                confirm_replay_of_everything(&mut client, &server.server, yes).await?;
+            }
             let request = pb::ReplayDeadLettersRequest {
                 kind: kind.unwrap_or_default(),
                 form_id: form.unwrap_or_default(),
             };
-            let replayed = connect(server)
-                .await?
+            let answer = client
                 .replay_dead_letters(request)
                 .await
                 .map_err(status_error)?
-                .into_inner()
-                .replayed;
-            print_json(&json!({ "replayed": replayed }));
+                .into_inner();
+            if answer.unknown > 0 {
+                eprintln!(
+                    "{} dead letters belong to runs this deployment does not know, and were left \
+                     in place: another deployment shares these queues (give each its own vhost \
+                     or POSTSUB_QUEUE_PREFIX)",
+                    answer.unknown
+                );
+            }
+            print_json(&json!({ "replayed": answer.replayed, "unknown": answer.unknown }));
         }
     }
     Ok(())
+}
+
+/// Says what a replay without a filter touches (dead letters per kind) and, at a terminal
+/// without `--yes`, asks before going on.
+async fn confirm_replay_of_everything(
+    client: &mut Client,
+    server: &str,
+    yes: bool,
+) -> anyhow::Result<()> {
+    let queues = client
+        .list_queues(pb::ListQueuesRequest {})
+        .await
+        .map_err(status_error)?
+        .into_inner()
+        .queues;
+    let counts: Vec<String> = queues
+        .iter()
+        .map(|q| format!("{} {}", q.kind, q.dead))
+        .collect();
+    eprintln!(
+        "replaying the dead letters of every kind and form at {server}: {}",
+        counts.join(", ")
+    );
+    if yes || !std::io::stdin().is_terminal() {
+        return Ok(());
+    }
+    eprint!("Replay them all? [y/N] ");
+    let mut answer = String::new();
+    std::io::stdin()
+        .read_line(&mut answer)
+        .context("reading the answer")?;
+    match answer.trim().to_ascii_lowercase().as_str() {
+        "y" | "yes" => Ok(()),
+        _ => Err(anyhow!(
+            "nothing replayed (--kind or --form narrow the replay; --yes skips this question)"
+        )),
+    }
 }
 
 /// Runs `postsub queues`: per task kind, the jobs ready, held by workers, waiting for a

@@ -87,38 +87,59 @@ pub async fn retry_run(
         .ok_or(RequeueError::NotFound(run_id))
 }
 
+/// What a replay of dead letters did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Replayed {
+    /// Jobs put back in their work queues.
+    pub replayed: u64,
+    /// Letters of runs this store does not know: another deployment's, on queues shared
+    /// with it (the same vhost and prefix). They are left where they were.
+    pub unknown: u64,
+}
+
 /// Moves the jobs in each of `kinds`' dead-letter queues back to their work queues (only
-/// those of `form_id`, when given) and returns how many. Takes as many letters as a queue
-/// held when it began; letters of other forms, or that are not jobs, go back to the tail
-/// of the queue, and letters whose run is no longer dead (retried meanwhile) are dropped.
+/// those of `form_id`, when given). Takes as many letters as a queue held when it began;
+/// letters of other forms, that are not jobs, or whose run this store does not know go back
+/// to the tail of the queue, and letters whose run is no longer dead (retried meanwhile)
+/// are dropped.
 pub async fn replay_dead_letters(
     store: &dyn Store,
     queue: &dyn JobQueue,
     kinds: &[String],
     form_id: Option<Uuid>,
-) -> Result<u64, RequeueError> {
-    let mut replayed = 0;
+) -> Result<Replayed, RequeueError> {
+    let mut all = Replayed::default();
     for kind in kinds {
         let mut letters = queue.dead_letters(kind).await?;
         // Whatever happens, letters this session still holds go back to the queue.
         let result = replay_queue(store, letters.as_mut(), form_id).await;
         letters.close().await;
-        let count = result?;
-        if count > 0 {
-            tracing::info!(kind, count, "dead letters replayed");
+        let done = result?;
+        if done.replayed > 0 {
+            tracing::info!(kind, count = done.replayed, "dead letters replayed");
         }
-        replayed += count;
+        if done.unknown > 0 {
+            tracing::warn!(
+                kind,
+                count = done.unknown,
+                "dead letters of runs this deployment does not know were left in place: \
+                 another deployment shares these queues (give each its own vhost or \
+                 POSTSUB_QUEUE_PREFIX)"
+            );
+        }
+        all.replayed += done.replayed;
+        all.unknown += done.unknown;
     }
-    Ok(replayed)
+    Ok(all)
 }
 
 async fn replay_queue(
     store: &dyn Store,
     letters: &mut dyn DeadLetters,
     form_id: Option<Uuid>,
-) -> Result<u64, RequeueError> {
+) -> Result<Replayed, RequeueError> {
     let held = letters.count().await?;
-    let mut replayed = 0;
+    let mut replayed = Replayed::default();
     let mut chunk = Vec::with_capacity(CHUNK);
     for _ in 0..held {
         let Some(letter) = letters.take().await? else {
@@ -135,22 +156,30 @@ async fn replay_queue(
             }
         }
         if chunk.len() == CHUNK {
-            replayed += forward(store, letters, std::mem::take(&mut chunk)).await?;
+            replayed.add(forward(store, letters, std::mem::take(&mut chunk)).await?);
         }
     }
-    replayed += forward(store, letters, chunk).await?;
+    replayed.add(forward(store, letters, chunk).await?);
     Ok(replayed)
 }
 
+impl Replayed {
+    fn add(&mut self, other: Replayed) {
+        self.replayed += other.replayed;
+        self.unknown += other.unknown;
+    }
+}
+
 /// Marks the runs of `chunk` `queued` and forwards their jobs to the work queue; returns
-/// how many went.
+/// how many went, and how many were of runs this store does not know (put back).
 async fn forward(
     store: &dyn Store,
     letters: &mut dyn DeadLetters,
     chunk: Vec<(DeadLetter, Job)>,
-) -> Result<u64, RequeueError> {
+) -> Result<Replayed, RequeueError> {
+    let mut done = Replayed::default();
     if chunk.is_empty() {
-        return Ok(0);
+        return Ok(done);
     }
     let run_ids: Vec<Uuid> = chunk.iter().map(|(_, job)| job.run_id).collect();
     // `queued` too: a run whose replay failed half-way (marked, not queued) has its
@@ -165,20 +194,27 @@ async fn forward(
     for (letter, mut job) in chunk {
         // A run is forwarded once, even when the queue held two letters of it.
         let Some(attempts) = requeued.remove(&job.run_id) else {
-            tracing::info!(run_id = %job.run_id, "dropping the dead letter of a run no longer dead");
-            letters.discard(letter).await?;
+            // Not changed: the run is no longer dead, or it is not this deployment's at
+            // all, and another's letter must not be lost.
+            if store.get_run(job.run_id).await?.is_none() {
+                letters.put_back(letter).await?;
+                done.unknown += 1;
+            } else {
+                tracing::info!(run_id = %job.run_id, "dropping the dead letter of a run no longer dead");
+                letters.discard(letter).await?;
+            }
             continue;
         };
         job.attempts_before = attempts.max(0) as u32;
         going.push((letter, job));
     }
     let run_ids: Vec<Uuid> = going.iter().map(|(_, job)| job.run_id).collect();
-    let count = going.len() as u64;
+    done.replayed = going.len() as u64;
     if let Err((sent, err)) = letters.forward(going).await {
         store
             .unqueue_runs(&run_ids[sent..], RunStatus::Dead)
             .await?;
         return Err(err.into());
     }
-    Ok(count)
+    Ok(done)
 }

@@ -218,6 +218,18 @@ async fn tokens_are_made_listed_and_revoked_and_the_cli_must_carry_one() {
         &server,
     );
     assert!(bound.status.success(), "{}", text(&bound.stderr));
+    // A replay without a filter says what it touches first (stdin is not a terminal here,
+    // so it does not ask).
+    let replay = cli(&["dlq", "replay", "--token", &token], &file.url, &server);
+    assert!(replay.status.success(), "{}", text(&replay.stderr));
+    assert!(
+        text(&replay.stderr).contains("replaying the dead letters of every kind and form")
+            && text(&replay.stderr).contains("webhook 0"),
+        "{}",
+        text(&replay.stderr)
+    );
+    let answer: serde_json::Value = serde_json::from_slice(&replay.stdout).unwrap();
+    assert_eq!(answer, serde_json::json!({"replayed": 0, "unknown": 0}));
     let audit = cli(
         &["audit", "list", "--json", "--token", &token],
         &file.url,
@@ -237,20 +249,24 @@ async fn tokens_are_made_listed_and_revoked_and_the_cli_must_carry_one() {
         .collect();
     let user = std::env::var("USER").unwrap_or_else(|_| "unknown user".into());
     let by_cli = format!("postsub tokens ({user})");
-    assert_eq!(said.len(), 4, "{audit_text}");
+    assert_eq!(said.len(), 5, "{audit_text}");
     assert_eq!(
         (said[0].0.as_str(), said[0].1.as_str()),
+        ("ops", "dlq.replay")
+    );
+    assert_eq!(
+        (said[1].0.as_str(), said[1].1.as_str()),
         ("ops", "binding.create")
     );
     assert_eq!(
-        said[1],
+        said[2],
         (by_cli.clone(), "token.revoke".into(), "dash".into())
     );
     assert_eq!(
-        said[2],
+        said[3],
         (by_cli.clone(), "token.create".into(), "dash".into())
     );
-    assert_eq!(said[3], (by_cli, "token.create".into(), "ops".into()));
+    assert_eq!(said[4], (by_cli, "token.create".into(), "ops".into()));
     assert!(!audit_text.contains(&token) && !audit_text.contains(&reader));
     let table = cli(
         &["audit", "list", "--since", "1h", "--token", &token],
@@ -259,7 +275,7 @@ async fn tokens_are_made_listed_and_revoked_and_the_cli_must_carry_one() {
     );
     let table = text(&table.stdout);
     assert!(
-        table.starts_with("AT") && table.lines().count() == 5,
+        table.starts_with("AT") && table.lines().count() == 6,
         "{table}"
     );
     let bad_since = cli(

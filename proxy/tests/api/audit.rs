@@ -160,7 +160,10 @@ async fn every_admin_change_is_audited_with_its_token_and_masked_secrets(
     assert_eq!(json(&update.before)["name"], "hook");
     assert_eq!(json(&update.after)["name"], "renamed");
     assert_eq!(json(&entries[2].after), serde_json::Value::Null);
-    assert_eq!(json(&entries[1].after), json!({"replayed": 0}));
+    assert_eq!(
+        json(&entries[1].after),
+        json!({"replayed": 0, "unknown": 0})
+    );
     assert_eq!(
         json(&create.after)["config"]["url"],
         "http://127.0.0.1:9/hook"

@@ -191,6 +191,56 @@ async fn a_task_that_always_fails_is_dead_lettered_and_replayed_once_fixed(backe
     proxy.stack.stop().await.unwrap();
 }
 
+/// Two deployments on one vhost and queue prefix, each with its own database: a replay of
+/// every dead letter by one leaves the other's letters where they are, and says so.
+#[tokio::test]
+async fn a_replay_leaves_the_dead_letters_of_another_deployment_on_shared_queues() {
+    let ours = spawn_proxy(Backend::Postgres).await;
+    let form = bind(&ours, "outage", json!({}), quick_retries(1)).await;
+    let run = ours.submit(form, json!({})).await.remove(0);
+    ours.run_in(&run, pb::RunStatus::Dead).await;
+    assert_eq!(ours.dead_letters("outage").await, 1);
+
+    let Resources::Postgres(_, broker) = &ours.resources else {
+        unreachable!("a PostgreSQL proxy")
+    };
+    let their_db = postsub_testkit::TestDatabase::create("postsub").await;
+    let settings = postsub_proxy::settings::DevSettings::isolated(
+        &their_db.url,
+        &broker.url,
+        &broker.prefix,
+        &[],
+    )
+    .unwrap();
+    let theirs = postsub_proxy::app::DevStack::start(
+        &settings,
+        crate::helpers::registry(ours.service_up.clone()),
+        tokio_util::sync::CancellationToken::new(),
+    )
+    .await
+    .unwrap();
+    let url = format!("http://{}", theirs.grpc_addr());
+    let answer = pb::task_admin_client::TaskAdminClient::connect(url)
+        .await
+        .unwrap()
+        .replay_dead_letters(pb::ReplayDeadLettersRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((answer.replayed, answer.unknown), (0, 1));
+    assert_eq!(
+        ours.dead_letters("outage").await,
+        1,
+        "the letter is still there"
+    );
+    theirs.stop().await.unwrap();
+
+    ours.service_up.store(true, Ordering::SeqCst);
+    assert_eq!(replay(&ours, "outage", None).await, 1);
+    ours.run_in(&run, pb::RunStatus::Succeeded).await;
+    ours.stack.stop().await.unwrap();
+}
+
 /// Waits until the run is dead after `attempts` attempts in all.
 async fn eventually_dead_after(proxy: &TestProxy, run_id: &str, attempts: u32) {
     crate::helpers::eventually(&format!("run dead after {attempts} attempts"), || async {
