@@ -506,9 +506,28 @@ pub struct AuditEntry {
     pub after: Option<Value>,
 }
 
-/// The insert of [`Store::record_audit`], the same in both dialects; `$1` is the time.
-const INSERT_AUDIT: &str = "INSERT INTO audit_log (at, actor, action, target, before, after)
-     VALUES ($1, $2, $3, $4, $5, $6)";
+/// The insert of [`Store::record_audit`], in either backend's dialect.
+fn insert_audit_query<'a, DB>(entry: NewAuditEntry) -> sqlx::QueryBuilder<DB>
+where
+    DB: sqlx::Database,
+    String: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+    Option<Value>: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+    DateTime<Utc>: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+{
+    let mut query = sqlx::QueryBuilder::new(
+        "INSERT INTO audit_log (at, actor, action, target, before, after) VALUES (",
+    );
+    query
+        .separated(", ")
+        .push_bind(Utc::now())
+        .push_bind(entry.actor)
+        .push_bind(entry.action)
+        .push_bind(entry.target)
+        .push_bind(entry.before)
+        .push_bind(entry.after);
+    query.push(")");
+    query
+}
 
 const TOKEN_COLUMNS: &str = "name, scope, hash, created_at, last_used_at";
 

@@ -23,9 +23,9 @@ use tokio::sync::Mutex;
 use uuid::Uuid;
 
 use super::{
-    ApiToken, AuditEntry, BINDING_COLUMNS, Binding, BindingRow, ChangeFeed, INSERT_AUDIT,
-    NewAuditEntry, NewBinding, NewToken, RunFilter, RunRow, RunWrite, Store, StoreResult,
-    TOKEN_COLUMNS, Take, TokenRow, check_schema, list_runs_query, take_run_sql,
+    ApiToken, AuditEntry, BINDING_COLUMNS, Binding, BindingRow, ChangeFeed, NewAuditEntry,
+    NewBinding, NewToken, RunFilter, RunRow, RunWrite, Store, StoreResult, TOKEN_COLUMNS, Take,
+    TokenRow, check_schema, insert_audit_query, list_runs_query, take_run_sql,
 };
 use crate::{
     job::Job,
@@ -284,13 +284,8 @@ impl Store for PgStore {
     }
 
     async fn record_audit(&self, entry: &NewAuditEntry) -> StoreResult<()> {
-        sqlx::query(INSERT_AUDIT)
-            .bind(Utc::now())
-            .bind(&entry.actor)
-            .bind(&entry.action)
-            .bind(&entry.target)
-            .bind(&entry.before)
-            .bind(&entry.after)
+        insert_audit_query::<Postgres>(entry.clone())
+            .build()
             .execute(&self.pool)
             .await?;
         Ok(())

@@ -40,9 +40,9 @@ use self::{
     writer::{Writer, WriterTask},
 };
 use super::{
-    ApiToken, AuditEntry, BINDING_COLUMNS, Binding, BindingRow, ChangeFeed, INSERT_AUDIT,
-    NewAuditEntry, NewBinding, NewToken, RunFilter, RunRow, RunWrite, Schema, Store, StoreError,
-    StoreResult, TOKEN_COLUMNS, Take, TokenRow, check_schema, list_runs_query, take_run_sql,
+    ApiToken, AuditEntry, BINDING_COLUMNS, Binding, BindingRow, ChangeFeed, NewAuditEntry,
+    NewBinding, NewToken, RunFilter, RunRow, RunWrite, Schema, Store, StoreError, StoreResult,
+    TOKEN_COLUMNS, Take, TokenRow, check_schema, insert_audit_query, list_runs_query, take_run_sql,
 };
 use crate::{
     job::Job,
@@ -476,13 +476,8 @@ impl Store for SqliteStore {
             .writer
             .write(move |connection| {
                 Box::pin(async move {
-                    sqlx::query(INSERT_AUDIT)
-                        .bind(sql_time(Utc::now()))
-                        .bind(&entry.actor)
-                        .bind(&entry.action)
-                        .bind(&entry.target)
-                        .bind(&entry.before)
-                        .bind(&entry.after)
+                    insert_audit_query::<Sqlite>(entry)
+                        .build()
                         .execute(connection)
                         .await
                 })
