@@ -35,7 +35,7 @@ where
             Ok(axum::Json(value)) => Ok(Self(value)),
             Err(JsonRejection::JsonSyntaxError(err)) => Err(ApiError::BadRequest(format!(
                 "the request body is not valid JSON ({}); check quotes, commas and brackets",
-                source_of(&err)
+                innermost(&err)
             ))),
             Err(JsonRejection::JsonDataError(err)) => Err(ApiError::Invalid(format!(
                 "the request body does not have the expected shape: {}",
@@ -59,6 +59,20 @@ where
 pub struct BodyLimit(pub usize);
 
 /// serde's message, with the field path and position, without axum's generic prefix.
+/// The parser's own words: for a syntax error, the field path axum puts before them is the
+/// parser's guess at where it was (`answers.?`), not a field of the request.
+fn innermost(err: &dyn std::error::Error) -> String {
+    let mut cause = err.source();
+    while let Some(error) = cause {
+        if let Some(located) = error.downcast_ref::<serde_path_to_error::Error<serde_json::Error>>()
+        {
+            return located.inner().to_string();
+        }
+        cause = error.source();
+    }
+    source_of(err)
+}
+
 fn source_of(err: &dyn std::error::Error) -> String {
     err.source()
         .map_or_else(|| err.to_string(), ToString::to_string)

@@ -251,6 +251,20 @@ async fn malformed_json_is_400_with_a_json_error(db: Db) {
     )
     .await;
     assert!(message.contains("not valid JSON"), "{message}");
+    let trailing_comma = error_of(
+        app.post_raw(
+            &format!("/forms/{form_id}/submit"),
+            r#"{"answers": {"a": 5,}}"#,
+        )
+        .await,
+        StatusCode::BAD_REQUEST,
+    )
+    .await;
+    assert!(
+        trailing_comma.contains("(trailing comma at line 1 column 21)")
+            && !trailing_comma.contains("answers."),
+        "{trailing_comma}"
+    );
     error_of(
         app.post_raw("/forms", "not json").await,
         StatusCode::BAD_REQUEST,

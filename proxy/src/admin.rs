@@ -247,11 +247,17 @@ fn run_to_proto(run: Run, attempts: Vec<Attempt>) -> pb::Run {
     }
 }
 
+/// A binding write's error: `ALREADY_EXISTS` naming the name when the form has a binding
+/// of that name, else [`database_error`].
+fn binding_write_error(err: StoreError, name: &str) -> Status {
+    if err.is_unique_violation() {
+        return Status::already_exists(format!("this form already has a binding named {name:?}"));
+    }
+    database_error(err)
+}
+
 /// Maps a database error to a status; the details go to the log, not to the caller.
 fn database_error(err: StoreError) -> Status {
-    if err.is_unique_violation() {
-        return Status::already_exists("this form already has a binding of that name");
-    }
     tracing::error!(error = %err, "database error in the admin API");
     Status::unavailable("the database is unavailable; try again")
 }
@@ -322,7 +328,7 @@ impl TaskAdmin for Admin {
             .store
             .insert_binding(NewBinding {
                 form_id,
-                name,
+                name: name.clone(),
                 kind: request.kind,
                 mode,
                 config,
@@ -330,7 +336,7 @@ impl TaskAdmin for Admin {
                 options,
             })
             .await
-            .map_err(database_error)?;
+            .map_err(|err| binding_write_error(err, &name))?;
         tracing::info!(binding_id = %binding.id, form_id = %binding.form_id, kind = %binding.kind, "binding created");
         let after = self.audited(&binding);
         self.audit(
@@ -412,7 +418,7 @@ impl TaskAdmin for Admin {
             .store
             .update_binding(&binding)
             .await
-            .map_err(database_error)?
+            .map_err(|err| binding_write_error(err, &binding.name))?
             .ok_or_else(|| not_found("binding", id))?;
         let after = self.audited(&binding);
         self.audit(

@@ -495,7 +495,7 @@ pub async fn bindings(server: &ServerArgs, command: BindingsCommand) -> anyhow::
         }
         BindingsCommand::List { form } => {
             let request = pb::ListBindingsRequest {
-                form_id: form.unwrap_or_default(),
+                form_id: form.clone().unwrap_or_default(),
             };
             let bindings = connect(server)
                 .await?
@@ -504,6 +504,12 @@ pub async fn bindings(server: &ServerArgs, command: BindingsCommand) -> anyhow::
                 .map_err(status_error)?
                 .into_inner()
                 .bindings;
+            if let Some(form) = form.filter(|_| bindings.is_empty()) {
+                eprintln!(
+                    "form {form} has no bindings: Process answers its submissions with no \
+                     results and runs nothing (`postsub bindings create --form {form} …`)"
+                );
+            }
             print_json(&Value::Array(
                 bindings.into_iter().map(binding_json).collect(),
             ));
@@ -655,16 +661,9 @@ pub async fn audit(server: &ServerArgs, command: AuditCommand) -> anyhow::Result
     println!("{:<20}  {:<24}  {:<14}  TARGET", "AT", "ACTOR", "ACTION");
     for entry in &entries {
         let text = |key: &str| entry[key].as_str().unwrap_or("").to_owned();
-        // To the second: the table is for reading, the JSON keeps every digit.
-        let at = DateTime::parse_from_rfc3339(&text("at"))
-            .map(|at| {
-                at.to_utc()
-                    .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-            })
-            .unwrap_or_default();
         println!(
             "{:<20}  {:<24}  {:<14}  {}",
-            at,
+            table_time(&entry["at"]),
             text("actor"),
             text("action"),
             text("target")
@@ -787,22 +786,97 @@ pub async fn queues(server: &ServerArgs, args: QueuesArgs) -> anyhow::Result<()>
 }
 
 fn print_table(runs: &[Value]) {
-    println!(
-        "{:<36}  {:<9}  {:<10}  {:<5}  {:>8}  {:<36}  {:<25}  ERROR",
-        "RUN_ID", "STATUS", "KIND", "MODE", "ATTEMPTS", "SUBMISSION_ID", "CREATED_AT"
-    );
+    print!("{}", runs_table(runs));
+}
+
+/// The runs as a table whose columns line up: times to the second, and the flags a sync
+/// run raised counted, since such a run `succeeded` though its submit said `flagged`.
+fn runs_table(runs: &[Value]) -> String {
+    let line = |cells: [&str; 9]| {
+        format!(
+            "{:<36}  {:<9}  {:<13}  {:<5}  {:>8}  {:>5}  {:<36}  {:<20}  {}\n",
+            cells[0],
+            cells[1],
+            cells[2],
+            cells[3],
+            cells[4],
+            cells[5],
+            cells[6],
+            cells[7],
+            cells[8]
+        )
+    };
+    let mut table = line([
+        "RUN_ID",
+        "STATUS",
+        "KIND",
+        "MODE",
+        "ATTEMPTS",
+        "FLAGS",
+        "SUBMISSION_ID",
+        "CREATED_AT",
+        "ERROR",
+    ]);
     for run in runs {
         let text = |key: &str| run[key].as_str().unwrap_or("").to_owned();
-        println!(
-            "{:<36}  {:<9}  {:<10}  {:<5}  {:>8}  {:<36}  {:<25}  {}",
-            text("run_id"),
-            text("status"),
-            text("kind"),
-            text("mode"),
-            run["attempts"].as_u64().unwrap_or_default(),
-            text("submission_id"),
-            text("created_at"),
-            text("error")
+        let attempts = run["attempts"].as_u64().unwrap_or_default().to_string();
+        let flags = run["flags"].as_array().map_or(0, Vec::len).to_string();
+        table += &line([
+            &text("run_id"),
+            &text("status"),
+            &text("kind"),
+            &text("mode"),
+            &attempts,
+            &flags,
+            &text("submission_id"),
+            &table_time(&run["created_at"]),
+            &text("error"),
+        ]);
+    }
+    table
+}
+
+/// A time of the JSON output, to the second, for a table.
+fn table_time(time: &Value) -> String {
+    time.as_str()
+        .and_then(|text| DateTime::parse_from_rfc3339(text).ok())
+        .map(|at| {
+            at.to_utc()
+                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        })
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_runs_table_lines_up_and_counts_flags() {
+        let run = |kind: &str, flags: Value| {
+            json!({"run_id": uuid::Uuid::nil().to_string(), "status": "succeeded", "kind": kind,
+                   "mode": "sync", "attempts": 1, "flags": flags,
+                   "submission_id": uuid::Uuid::nil().to_string(),
+                   "created_at": "2026-12-02T10:00:00.123456789+00:00", "error": null})
+        };
+        let table = runs_table(&[
+            run("validate", json!([{"field": "n"}, {"field": "m"}])),
+            run("google_sheets", json!([])),
+        ]);
+        let lines: Vec<&str> = table.lines().collect();
+        let column = |line: &str, name: &str| line.find(name).unwrap();
+        let header = lines[0];
+        for line in &lines[1..] {
+            assert_eq!(
+                column(line, "2026-12-02T10:00:00Z"),
+                column(header, "CREATED_AT")
+            );
+            assert_eq!(column(line, "sync"), column(header, "MODE"));
+        }
+        assert_eq!(
+            lines[1].split_whitespace().nth(5),
+            Some("2"),
+            "two flags: {table}"
         );
     }
 }

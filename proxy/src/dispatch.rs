@@ -228,6 +228,10 @@ impl PostSubmission for Dispatcher {
     ) -> Result<Response<pb::ProcessResponse>, Status> {
         let submission = self.parse(request.into_inner())?;
         let Some(bindings) = self.cache.for_form(submission.form_id) else {
+            // Not an error (a form may have no tasks), but the first thing to look for when
+            // a backend wonders why nothing ran.
+            tracing::debug!(form_id = %submission.form_id, submission_id = %submission.submission_id,
+                "no enabled binding for this form: nothing to run");
             return Ok(Response::new(pb::ProcessResponse::default()));
         };
         let sync = bindings

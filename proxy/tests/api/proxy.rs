@@ -192,7 +192,7 @@ async fn bindings_with_bad_kind_mode_or_config_are_refused_with_the_reason(backe
             .create_binding(create("checks", "validate", pb::Mode::Sync, json!({})))
             .await,
         Code::AlreadyExists,
-        "already has a binding of that name",
+        "this form already has a binding named \"checks\"",
     );
     let missing = Uuid::new_v4().to_string();
     assert_status(
