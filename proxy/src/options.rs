@@ -408,3 +408,149 @@ mod tests {
         assert!(policy.allows_after(9) && !policy.allows_after(10));
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use proptest::{prelude::*, sample};
+
+    use super::*;
+
+    fn option() -> impl Strategy<Value = DurationOption> {
+        sample::select(DurationOption::ALL.to_vec())
+    }
+
+    /// Text a user might write for a duration: one to three `<n><unit>` parts (humantime's
+    /// units, spaced or not), `default`, or anything.
+    fn duration_text() -> impl Strategy<Value = String> {
+        let unit = sample::select(vec![
+            "ns", "us", "ms", "s", "sec", "m", "min", "h", "hr", "d", "days", "w", "M", "y", "",
+        ]);
+        let part = (
+            prop_oneof![0u64..2000, any::<u64>()],
+            unit,
+            sample::select(vec!["", " "]),
+        )
+            .prop_map(|(n, unit, space)| format!("{n}{space}{unit}"));
+        prop_oneof![
+            8 => prop::collection::vec(part, 1..4).prop_map(|parts| parts.join(" ")),
+            1 => Just(" default ".to_owned()),
+            1 => ".{0,12}",
+        ]
+    }
+
+    /// Every duration an option may hold, at a granularity that meets each unit.
+    fn held(option: DurationOption) -> impl Strategy<Value = Duration> {
+        let least = u64::from(option != DurationOption::Delay);
+        let longest = LONGEST.as_millis() as u64;
+        let unit = sample::select(vec![1u64, 1_000, 60_000, 3_600_000, 86_400_000]);
+        prop_oneof![
+            (least..=longest).prop_map(Duration::from_millis),
+            (unit, 1u64..=30).prop_map(|(unit, n)| Duration::from_millis(unit * n)),
+        ]
+    }
+
+    /// `format_duration(duration)` is `<n><unit>`, the largest unit that divides it, and
+    /// sets `option` back to `duration`.
+    fn reads_back(option: DurationOption, duration: Duration) -> Result<(), TestCaseError> {
+        let text = format_duration(duration);
+        let digits = text.trim_end_matches(|c: char| c.is_ascii_alphabetic());
+        let unit = &text[digits.len()..];
+        let n: u128 = digits
+            .parse()
+            .map_err(|_| TestCaseError::fail(text.clone()))?;
+        let size = match unit {
+            "d" => 86_400_000,
+            "h" => 3_600_000,
+            "m" => 60_000,
+            "s" => 1_000,
+            "ms" => 1,
+            _ => return Err(TestCaseError::fail(format!("{text}: unit {unit}"))),
+        };
+        prop_assert_eq!(n * size, duration.as_millis());
+        let larger = [86_400_000u128, 3_600_000, 60_000, 1_000].into_iter();
+        prop_assert!(
+            larger
+                .filter(|bigger| *bigger > size)
+                .all(|bigger| !(n * size).is_multiple_of(bigger)),
+            "{} is not in its largest unit",
+            text
+        );
+        let mut options = BindingOptions::default();
+        options
+            .set_duration(option, &text)
+            .map_err(|err| TestCaseError::fail(format!("{text}: {err}")))?;
+        prop_assert_eq!(options.duration(option), Some(duration));
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn accepted_text_holds_a_duration_that_reads_back(
+            option in option(),
+            text in duration_text(),
+        ) {
+            let mut options = BindingOptions::default();
+            options.set_duration(option, "7s").unwrap();
+            let before = options;
+            match options.set_duration(option, &text) {
+                Err(err) => {
+                    prop_assert_eq!(options, before, "refused text changed the options");
+                    prop_assert!(err.0.starts_with(option.name()), "{}", err);
+                }
+                Ok(()) if text.trim() == "default" => {
+                    prop_assert_eq!(options.duration(option), None);
+                }
+                Ok(()) => {
+                    let duration = options.duration(option).unwrap();
+                    prop_assert_eq!(duration.subsec_nanos() % 1_000_000, 0);
+                    prop_assert!(duration <= LONGEST);
+                    prop_assert!(!duration.is_zero() || option == DurationOption::Delay);
+                    reads_back(option, duration)?;
+                }
+            }
+        }
+
+        #[test]
+        fn every_duration_an_option_holds_is_shown_so_it_reads_back(
+            (option, duration) in option().prop_flat_map(|option| (Just(option), held(option))),
+        ) {
+            reads_back(option, duration)?;
+        }
+
+        #[test]
+        fn stored_options_load_as_they_were_and_waits_grow_to_the_cap(
+            max_attempts in proptest::option::of(1u32..=1000),
+            durations in prop::collection::vec(
+                proptest::option::of(held(DurationOption::Timeout)),
+                5,
+            ),
+            retry_after in proptest::option::of(0u64..=u64::from(u32::MAX)),
+        ) {
+            let mut options = BindingOptions::default();
+            if let Some(attempts) = max_attempts {
+                options.set_max_attempts(attempts).unwrap();
+            }
+            for (option, duration) in DurationOption::ALL.into_iter().zip(durations) {
+                *options.slot(option) = duration;
+            }
+            let stored = serde_json::to_value(options).unwrap();
+            let loaded: BindingOptions = serde_json::from_value(stored.clone()).unwrap();
+            prop_assert_eq!(loaded, options, "{}", stored);
+
+            let policy = options.retry_policy();
+            let retry_after = retry_after.map(Duration::from_millis);
+            let mut last = Duration::ZERO;
+            for attempt in (1..=40).chain([u32::MAX]) {
+                let backoff = policy.backoff(attempt);
+                prop_assert!(backoff >= last && backoff <= policy.backoff_max);
+                let delay = policy.retry_delay(attempt, retry_after);
+                prop_assert!(delay <= LONGEST);
+                let least = (backoff - backoff / 4).max(retry_after.unwrap_or_default());
+                prop_assert!(delay >= least.min(LONGEST), "{:?} after {}", delay, attempt);
+                last = backoff;
+            }
+        }
+    }
+}

@@ -406,7 +406,45 @@ fn interpret(result: ResolveResult) -> RuleResult {
             "the rule gave {:?} instead of true or false",
             other.type_of()
         ))),
-        Err(err) => RuleResult::Broken(Some(format!("could not be evaluated: {err}"))),
+        Err(err) => RuleResult::Broken(Some(format!("could not be evaluated: {}", describe(&err)))),
+    }
+}
+
+/// An evaluation error in words, naming the types of the values involved rather than
+/// showing them, as the CEL errors do: a message is for the person who filled the form,
+/// and a map shows its entries in no fixed order (the same answers gave different
+/// messages; found by the `validate_config` fuzz target).
+fn describe(err: &cel::ExecutionError) -> String {
+    use cel::ExecutionError as E;
+    match err {
+        E::UnsupportedBinaryOperator(op, left, right) => format!(
+            "operator '{op}' does not apply to {} and {}",
+            left.type_of(),
+            right.type_of()
+        ),
+        E::Overflow(op, left, right) => format!(
+            "operator '{op}' overflows on {} and {}",
+            left.type_of(),
+            right.type_of()
+        ),
+        E::ValuesNotComparable(left, right) => format!(
+            "{} cannot be compared to {}",
+            left.type_of(),
+            right.type_of()
+        ),
+        E::UnsupportedTargetType { target } => {
+            format!("invalid argument type {}", target.type_of())
+        }
+        E::NotSupportedAsMethod { method, target } => {
+            format!("'{method}' does not apply to {}", target.type_of())
+        }
+        E::UnsupportedKeyType(key) => format!("{} cannot be a map key", key.type_of()),
+        E::UnsupportedIndex(index, target) => {
+            format!("{} cannot index {}", index.type_of(), target.type_of())
+        }
+        E::DivisionByZero(_) => "division by zero".into(),
+        E::RemainderByZero(_) => "remainder by zero".into(),
+        err => err.to_string(),
     }
 }
 
@@ -481,6 +519,24 @@ mod tests {
             vec![("monthly_savings", "savings_within_income")]
         );
         assert!(outcome.flags[0].message.contains("could not be evaluated"));
+    }
+
+    #[test]
+    fn evaluation_errors_name_types_so_the_same_answers_give_the_same_message() {
+        // The validate_config fuzz target's case: a map operand, whose entries CEL showed
+        // in a different order on each run.
+        let config = json!({"rules": [{"name": "r", "expr": "b * 736 > 1"}]});
+        let answers = json!({"b": {"a": null, "b": true, "tags": "red", "c": 1, "d": [2]}});
+        let message = |outcome: Outcome| outcome.flags[0].message.clone();
+        let first = message(run(config.clone(), answers.clone()));
+        assert_eq!(
+            first,
+            "breaks the rule `b * 736 > 1` (could not be evaluated: operator 'mul' does not \
+             apply to map and int)"
+        );
+        for _ in 0..20 {
+            assert_eq!(message(run(config.clone(), answers.clone())), first);
+        }
     }
 
     #[test]
