@@ -10,7 +10,11 @@
 //! (5) an HTTP submit route with and without `PostSubmissionLayer`; (6) the worker draining
 //! webhook jobs, and `google_sheets` rows against the Sheets emulator answering after 100 ms;
 //! (7, 8) the embedded backend (one SQLite file, `synchronous` full, then normal): `Process`
-//! with row 3's bindings, and the worker draining the webhook jobs that row queued.
+//! with row 3's bindings, and the worker draining the webhook jobs that row queued;
+//! (9, 10) the whole system, PostgreSQL + RabbitMQ then embedded, with the proxy and the worker
+//! in processes of their own: `Process` at full load, at half of it and at 250/s with the
+//! worker draining at the same time, and the worker's drain of a 20,000-job backlog, with
+//! the CPU per submission of each process (see `system`).
 //!
 //! Everything runs in this process on loopback; each row's load is a fixed number of
 //! callers for a fixed time (closed loop), except rows 3b and 4b, which send at a fixed rate
@@ -18,6 +22,7 @@
 
 mod load;
 mod scenarios;
+mod system;
 mod usage;
 
 use std::time::Duration;
@@ -27,7 +32,7 @@ use clap::Parser;
 use crate::load::Measurement;
 
 /// Benchmark postsub against bare tonic and raw RabbitMQ publishing.
-#[derive(Debug, Parser)]
+#[derive(Debug, Clone, Parser)]
 #[command(version, about)]
 struct Args {
     /// How long each load row runs.
@@ -46,11 +51,84 @@ struct Args {
     /// profiling them.
     #[arg(long)]
     embedded_only: bool,
+    /// Run only the whole-system rows (9 and 10).
+    #[arg(long)]
+    system_only: bool,
+    /// Concurrent callers of the whole-system rows' full load.
+    #[arg(long, default_value_t = 64)]
+    system_callers: usize,
+    /// Print PostgreSQL's most expensive statements for each PostgreSQL whole-system row
+    /// (needs `pg_stat_statements` in the server's `shared_preload_libraries`).
+    #[arg(long)]
+    pg_statements: bool,
+    /// Internal: run as the proxy or worker process of the whole-system rows.
+    #[arg(long, hide = true, requires = "role_database_url")]
+    role: Option<system::Role>,
+    #[arg(long, hide = true)]
+    role_database_url: Option<String>,
+    #[arg(long, hide = true, requires = "role_queue_prefix")]
+    role_amqp_url: Option<String>,
+    #[arg(long, hide = true)]
+    role_queue_prefix: Option<String>,
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if let (Some(role), Some(database_url)) = (args.role, args.role_database_url.clone()) {
+        init_logs();
+        let broker = args
+            .role_amqp_url
+            .clone()
+            .zip(args.role_queue_prefix.clone());
+        return system::run_role(
+            role,
+            system::SystemBackend {
+                database_url,
+                broker,
+            },
+        )
+        .await;
+    }
+    init_logs();
+    println!(
+        "postsub-bench: {} per row, {} concurrent callers, {} cores",
+        humantime::format_duration(args.duration),
+        args.concurrency,
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    // Interrupted, the run is dropped, and with it its database and vhost.
+    let (report, system) = tokio::select! {
+        report = run(&args) => report?,
+        () = interrupted() => {
+            eprintln!("interrupted: removing the benchmark's database and vhost");
+            return Ok(());
+        }
+    };
+    print_table(&report);
+    system::print_system_table(&system);
+    Ok(())
+}
+
+/// The rows the flags ask for: the per-part table's, then the whole-system rows.
+async fn run(args: &Args) -> anyhow::Result<(Report, Vec<system::SystemRow>)> {
+    let report = if args.system_only {
+        Report {
+            rows: Vec::new(),
+            notes: Vec::new(),
+        }
+    } else {
+        scenarios::run_all(args).await?
+    };
+    let system = if args.embedded_only {
+        Vec::new()
+    } else {
+        system::run_system(args).await?
+    };
+    Ok((report, system))
+}
+
+fn init_logs() {
     // Warnings by default; RUST_LOG=postsub_proxy=debug shows, for one, the recorder's batches.
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -59,26 +137,10 @@ async fn main() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
-    println!(
-        "postsub-bench: {} per row, {} concurrent callers, {} cores",
-        humantime::format_duration(args.duration),
-        args.concurrency,
-        std::thread::available_parallelism().map_or(0, |n| n.get())
-    );
-    // Interrupted, the run is dropped, and with it its database and vhost.
-    let report = tokio::select! {
-        report = scenarios::run_all(&args) => report?,
-        () = interrupted() => {
-            eprintln!("interrupted: removing the benchmark's database and vhost");
-            return Ok(());
-        }
-    };
-    print_table(&report);
-    Ok(())
 }
 
 /// Ctrl-C or SIGTERM.
-async fn interrupted() {
+pub(crate) async fn interrupted() {
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .expect("a SIGTERM handler can be installed");
     tokio::select! {

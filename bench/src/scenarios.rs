@@ -49,7 +49,7 @@ use crate::{
 };
 
 /// The answers every load request carries: a realistic small form.
-fn answers() -> Map<String, Value> {
+pub(crate) fn answers() -> Map<String, Value> {
     let Value::Object(map) = json!({
         "name": "Ada Lovelace", "email": "ada@example.org", "age": 36, "country": "GB",
         "monthly_income": 4200, "monthly_savings": 650, "has_guardian": false,
@@ -60,7 +60,7 @@ fn answers() -> Map<String, Value> {
     map
 }
 
-fn process_request(form: Uuid, answers: &Map<String, Value>) -> pb::ProcessRequest {
+pub(crate) fn process_request(form: Uuid, answers: &Map<String, Value>) -> pb::ProcessRequest {
     pb::ProcessRequest {
         form_id: form.to_string(),
         submission_id: Uuid::new_v4().to_string(),
@@ -143,7 +143,7 @@ pub async fn run_all(args: &Args) -> anyhow::Result<Report> {
     println!("6. worker: draining {queued} webhook jobs");
     let stop_worker = CancellationToken::new();
     let worker = tokio::spawn(services.worker(&settings.worker)?.run(stop_worker.clone()));
-    let webhooks = measure_drain(queued, || receiver.deliveries().len() as u64).await;
+    let webhooks = measure_drain(queued, || receiver.delivery_count() as u64).await;
     println!(
         "6. worker: {} google_sheets rows, emulator answering after 100 ms",
         args.sheet_rows
@@ -296,7 +296,7 @@ async fn embedded_rows(
     settle().await;
     let stop_worker = CancellationToken::new();
     let worker = tokio::spawn(services.worker(&settings.worker)?.run(stop_worker.clone()));
-    let drain = measure_drain(process.requests, || receiver.deliveries().len() as u64).await;
+    let drain = measure_drain(process.requests, || receiver.delivery_count() as u64).await;
     stop_worker.cancel();
     let _ = worker.await;
     stop.cancel();
@@ -351,7 +351,11 @@ async fn load_process(
 
 /// Two sync `validate` bindings (7 field checks + 3 CEL rules across fields) and one async
 /// `webhook`.
-async fn bind_full(grpc: &str, form: Uuid, receiver: &WebhookReceiver) -> anyhow::Result<()> {
+pub(crate) async fn bind_full(
+    grpc: &str,
+    form: Uuid,
+    receiver: &WebhookReceiver,
+) -> anyhow::Result<()> {
     let mut admin = TaskAdminClient::connect(grpc.to_owned()).await?;
     let bindings = [
         (
@@ -605,10 +609,8 @@ async fn soak_memory(
 ) -> anyhow::Result<String> {
     let soak_args = Args {
         duration,
-        concurrency: args.concurrency,
-        sheet_rows: args.sheet_rows,
         soak: None,
-        embedded_only: false,
+        ..args.clone()
     };
     let grpc = grpc.to_owned();
     let load = tokio::spawn(async move {

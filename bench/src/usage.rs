@@ -1,4 +1,4 @@
-//! CPU time and peak memory of this process, from `/proc` (Linux).
+//! CPU time and peak memory of this process, and CPU time of others, from `/proc` (Linux).
 
 use std::time::Duration;
 
@@ -28,20 +28,44 @@ impl Usage {
 
 /// User + system CPU time of the whole process.
 fn cpu_time() -> Duration {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    // Fields after the command name (which may contain spaces) start at ") ".
-    let fields: Vec<&str> = stat
-        .rsplit_once(") ")
-        .map(|(_, rest)| rest.split_whitespace().collect())
-        .unwrap_or_default();
-    // utime and stime are fields 14 and 15 of the line: indexes 11 and 12 after the name.
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0)
+    cpu_time_of("self").unwrap_or_default()
+}
+
+/// User + system CPU time of process `pid` (a number or `self`), if it still runs.
+pub fn cpu_time_of(pid: &str) -> Option<Duration> {
+    let (_, ticks) = stat_of(pid)?;
+    Some(ticks)
+}
+
+/// User + system CPU time of every process whose command name is `command` (all of
+/// PostgreSQL's backends and helpers are `postgres`; RabbitMQ's VM is `beam.smp`).
+pub fn cpu_time_of_command(command: &str) -> Duration {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Duration::ZERO;
     };
-    Duration::from_secs_f64((ticks(11) + ticks(12)) / TICKS_PER_SECOND)
+    entries
+        .filter_map(Result::ok)
+        .filter_map(|entry| {
+            let pid = entry.file_name().into_string().ok()?;
+            pid.bytes().all(|b| b.is_ascii_digit()).then_some(pid)
+        })
+        .filter_map(|pid| stat_of(&pid))
+        .filter(|(name, _)| name == command)
+        .map(|(_, cpu)| cpu)
+        .sum()
+}
+
+/// The command name and user + system CPU time in `/proc/{pid}/stat`.
+fn stat_of(pid: &str) -> Option<(String, Duration)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name is in parentheses and may contain spaces; fields follow ") ".
+    let (head, rest) = stat.rsplit_once(") ")?;
+    let name = head.split_once(" (")?.1.to_owned();
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the line: indexes 11 and 12 after the name.
+    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok());
+    let cpu = Duration::from_secs_f64((ticks(11)? + ticks(12)?) / TICKS_PER_SECOND);
+    Some((name, cpu))
 }
 
 /// Resident-set high-water mark, in bytes.

@@ -91,7 +91,7 @@ async fn process_answers_and_no_job_is_lost_or_doubled_while_rabbitmq_is_down() 
         if per_submission.len() == SUBMISSIONS {
             // Let anything still settling arrive before counting repeats.
             tokio::time::sleep(Duration::from_secs(2)).await;
-            let deliveries = receiver.deliveries().len();
+            let deliveries = receiver.delivery_count();
             assert_eq!(deliveries, SUBMISSIONS, "each job ran exactly once");
             break;
         }

@@ -109,6 +109,11 @@ impl WebhookReceiver {
     pub fn deliveries(&self) -> Vec<Delivery> {
         self.inner.lock().expect("receiver lock").deliveries.clone()
     }
+
+    /// How many deliveries arrived so far, without copying them (for polling a drain).
+    pub fn delivery_count(&self) -> usize {
+        self.inner.lock().expect("receiver lock").deliveries.len()
+    }
 }
 
 async fn receive(

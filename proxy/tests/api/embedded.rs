@@ -162,7 +162,7 @@ async fn a_database_locked_by_another_program_delays_writes_and_loses_none() {
         run_ids.push(reply.into_inner().jobs[0].run_id.clone());
     }
     eventually("every job delivered", || async {
-        receiver.deliveries().len() >= run_ids.len()
+        receiver.delivery_count() >= run_ids.len()
     })
     .await;
     for run_id in &run_ids {

@@ -519,7 +519,7 @@ async fn webhook_that_answers_4xx_is_dead_at_once_with_the_reason(backend: Backe
         run.error
     );
     assert_eq!(run.attempts, 1);
-    assert_eq!(receiver.deliveries().len(), 1);
+    assert_eq!(receiver.delivery_count(), 1);
     assert_eq!(proxy.dead_letters("webhook").await, 1);
     proxy.stack.stop().await.unwrap();
 }
