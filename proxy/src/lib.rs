@@ -6,8 +6,8 @@
 //! - [`app`]: start-up and shutdown of the shared [`app::Services`], the [`app::Proxy`]
 //!   servers and the worker (tests start them the same way, on port 0).
 //! - [`dispatch`]: `Process`: sync tasks inline, async tasks to the queue.
-//! - [`worker`]: consumes jobs, runs them, retries or dead-letters them; [`execute`]:
-//!   running one task once, shared by both.
+//! - [`worker`]: consumes jobs, runs them, retries or dead-letters them; [`claimer`]: its
+//!   claims of runs in batches; [`execute`]: running one task once, shared by both.
 //! - [`bindings`]: the in-memory binding cache; [`follow`]: keeping it and the tokens fresh
 //!   from the store's change feed.
 //! - [`auth`]: API tokens and scopes, checked by a tower layer in front of every gRPC
@@ -34,6 +34,7 @@ pub mod app;
 pub mod auth;
 pub mod backend;
 pub mod bindings;
+pub mod claimer;
 pub mod cli;
 pub mod client;
 pub mod dispatch;

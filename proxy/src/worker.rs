@@ -8,7 +8,8 @@
 //!
 //! # One job
 //! [`Worker::process_one`]: decode, claim the run in the [`Store`] (which refuses a run that
-//! already finished or that another worker holds, so a job queued twice runs once), run
+//! already finished or that another worker holds, so a job queued twice runs once; the
+//! claims of jobs taken together go in one batch, see [`crate::claimer`]), run
 //! the task under its binding's timeout, record the attempt durably, then ack. A job is
 //! acked only after its attempt is committed; a worker that dies before that leaves the
 //! job unacked and the queue delivers it again.
@@ -45,6 +46,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     bindings::{BindingCache, LiveBinding},
+    claimer::Claimer,
     execute::{Execution, execute},
     job::Job,
     options::RetryPolicy,
@@ -140,6 +142,7 @@ pub struct Worker {
     store: Arc<dyn Store>,
     cache: BindingCache,
     recorder: Recorder,
+    claimer: Claimer,
     state: Arc<dyn TaskState>,
     limits: WorkerLimits,
 }
@@ -156,6 +159,7 @@ impl Worker {
     ) -> Self {
         Self {
             queue,
+            claimer: Claimer::start(store.clone()),
             store,
             cache,
             recorder,
@@ -283,7 +287,7 @@ impl Worker {
         {
             return self.expire(&job, &run, delivery.redelivered, expiry).await;
         }
-        let attempt = match self.store.claim_run(&run, &job, delivery.redelivered).await {
+        let attempt = match self.claimer.claim(&run, &job, delivery.redelivered).await {
             Ok(Some(attempt)) => attempt,
             Ok(None) => {
                 tracing::debug!(run_id = %run.run_id, "run already done or held elsewhere");

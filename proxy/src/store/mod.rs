@@ -209,6 +209,17 @@ pub trait Store: TaskState + Send + Sync {
     /// gone. Stores `job` as the run's input when it has none yet.
     async fn claim_run(&self, run: &Run, job: &Job, redelivered: bool) -> StoreResult<Option<i32>>;
 
+    /// [`Store::claim_run`] for the runs of jobs delivered for the first time, one answer
+    /// per claim in order, in one round trip where the backend can (the worker's
+    /// [`crate::claimer`] batches them). A run may appear only once.
+    async fn claim_runs(&self, claims: &[(Run, Job)]) -> StoreResult<Vec<Option<i32>>> {
+        let mut taken = Vec::with_capacity(claims.len());
+        for (run, job) in claims {
+            taken.push(self.claim_run(run, job, false).await?);
+        }
+        Ok(taken)
+    }
+
     /// Marks a run `expired` with `error` instead of starting it, when [`Store::claim_run`]
     /// could have started it; false when it may not be taken.
     async fn expire_run(

@@ -5,7 +5,7 @@
 //! held from batch to batch. Idempotency lives in the SQL (`ON CONFLICT` on the
 //! deterministic run id), never in a read-then-write.
 
-use std::{sync::LazyLock, time::Duration};
+use std::{collections::HashMap, sync::LazyLock, time::Duration};
 
 use anyhow::Context as _;
 use async_trait::async_trait;
@@ -136,6 +136,22 @@ impl ChangeFeed for Listener {
 static CLAIM_SQL: LazyLock<String> = LazyLock::new(|| take_run_sql(Take::Claim, "now()"));
 static EXPIRE_SQL: LazyLock<String> = LazyLock::new(|| take_run_sql(Take::Expire, "now()"));
 
+/// [`CLAIM_SQL`] for many runs of first deliveries at once (a first delivery never takes
+/// over a `running` run), from column arrays; returns the runs it took.
+const CLAIM_MANY_SQL: &str = "
+    INSERT INTO task_runs (run_id, binding_id, form_id, submission_id, kind, mode, status,
+        attempts, created_at, started_at, input, updated_at)
+    SELECT run_id, binding_id, form_id, submission_id, kind, mode, 'running', 1, created_at,
+        now(), input, now()
+    FROM UNNEST($1::uuid[], $2::uuid[], $3::uuid[], $4::uuid[], $5::text[], $6::text[],
+        $7::timestamptz[], $8::jsonb[])
+        AS c(run_id, binding_id, form_id, submission_id, kind, mode, created_at, input)
+    ON CONFLICT (run_id) DO UPDATE SET status = 'running', attempts = task_runs.attempts + 1,
+        started_at = now(), finished_at = NULL, error = NULL,
+        input = coalesce(task_runs.input, excluded.input), updated_at = now()
+    WHERE task_runs.status = 'queued'
+    RETURNING run_id, attempts";
+
 impl PgStore {
     /// Runs one of the statements that take a run, with their shared parameters.
     async fn take_run(
@@ -162,13 +178,19 @@ impl PgStore {
     }
 }
 
-/// The history batch statement: runs and attempts from column arrays, in one round trip.
-static HISTORY_SQL: LazyLock<String> = LazyLock::new(|| {
+/// The history batch statements: runs and their attempts from column arrays, in one round
+/// trip; `[without attempts, with attempts]`. A batch without attempts (the proxy's: sync
+/// results and queued jobs) takes the statement without the attempts insert, which cost
+/// PostgreSQL ~110 µs of CPU per batch even with nothing to insert (BENCHMARKS.md).
+static HISTORY_SQL: LazyLock<[String; 2]> =
+    LazyLock::new(|| [history_sql(false), history_sql(true)]);
+
+fn history_sql(with_attempts: bool) -> String {
     const COLUMNS: &str = "run_id, binding_id, form_id, submission_id, kind, mode, status,
         attempts, output, flags, error, created_at, started_at, finished_at";
     const VALUES: &str = "run_id, binding_id, form_id, submission_id, kind, mode, status,
         attempts, output::jsonb, flags::jsonb, error, created_at, started_at, finished_at";
-    format!(
+    let runs = format!(
         "WITH r AS (
             SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::uuid[], $4::uuid[], $5::text[],
                 $6::text[], $7::text[], $8::int4[], $9::text[], $10::text[], $11::text[],
@@ -178,21 +200,28 @@ static HISTORY_SQL: LazyLock<String> = LazyLock::new(|| {
          inserted AS (
             INSERT INTO task_runs ({COLUMNS}) SELECT {VALUES} FROM r WHERE NOT overwrite
             ON CONFLICT (run_id) DO NOTHING
-         ),
-         upserted AS (
-            INSERT INTO task_runs ({COLUMNS}) SELECT {VALUES} FROM r WHERE overwrite
-            ON CONFLICT (run_id) DO UPDATE SET status = EXCLUDED.status,
-                attempts = GREATEST(task_runs.attempts, EXCLUDED.attempts),
-                output = EXCLUDED.output, flags = EXCLUDED.flags, error = EXCLUDED.error,
-                started_at = COALESCE(EXCLUDED.started_at, task_runs.started_at),
-                finished_at = EXCLUDED.finished_at, updated_at = now()
-         )
+         )"
+    );
+    let upsert = format!(
+        "INSERT INTO task_runs ({COLUMNS}) SELECT {VALUES} FROM r WHERE overwrite
+         ON CONFLICT (run_id) DO UPDATE SET status = EXCLUDED.status,
+            attempts = GREATEST(task_runs.attempts, EXCLUDED.attempts),
+            output = EXCLUDED.output, flags = EXCLUDED.flags, error = EXCLUDED.error,
+            started_at = COALESCE(EXCLUDED.started_at, task_runs.started_at),
+            finished_at = EXCLUDED.finished_at, updated_at = now()"
+    );
+    if !with_attempts {
+        return format!("{runs} {upsert}");
+    }
+    format!(
+        "{runs},
+         upserted AS ({upsert})
          INSERT INTO task_attempts (run_id, attempt, status, error, started_at, finished_at)
          SELECT * FROM UNNEST($16::uuid[], $17::int4[], $18::text[], $19::text[],
             $20::timestamptz[], $21::timestamptz[])
          ON CONFLICT (run_id, attempt) DO NOTHING"
     )
-});
+}
 
 #[async_trait]
 impl Store for PgStore {
@@ -329,7 +358,9 @@ impl Store for PgStore {
             None => held.insert(self.pool.acquire().await?),
         };
         let all = || runs.iter().map(|(run, _)| run);
-        let written = sqlx::query(sqlx::AssertSqlSafe(HISTORY_SQL.as_str()))
+        let with_attempts = !attempts.is_empty();
+        let sql = &HISTORY_SQL[usize::from(with_attempts)];
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
             .bind(all().map(|r| r.run_id).collect::<Vec<_>>())
             .bind(all().map(|r| r.binding_id).collect::<Vec<_>>())
             .bind(all().map(|r| r.form_id).collect::<Vec<_>>())
@@ -356,25 +387,27 @@ impl Store for PgStore {
                 runs.iter()
                     .map(|(_, write)| *write == RunWrite::Upsert)
                     .collect::<Vec<_>>(),
-            )
-            .bind(attempts.iter().map(|a| a.run_id).collect::<Vec<_>>())
-            .bind(attempts.iter().map(|a| a.attempt).collect::<Vec<_>>())
-            .bind(
-                attempts
-                    .iter()
-                    .map(|a| a.status.as_str())
-                    .collect::<Vec<_>>(),
-            )
-            .bind(
-                attempts
-                    .iter()
-                    .map(|a| a.error.as_deref())
-                    .collect::<Vec<_>>(),
-            )
-            .bind(attempts.iter().map(|a| a.started_at).collect::<Vec<_>>())
-            .bind(attempts.iter().map(|a| a.finished_at).collect::<Vec<_>>())
-            .execute(&mut **connection)
-            .await;
+            );
+        if with_attempts {
+            query = query
+                .bind(attempts.iter().map(|a| a.run_id).collect::<Vec<_>>())
+                .bind(attempts.iter().map(|a| a.attempt).collect::<Vec<_>>())
+                .bind(
+                    attempts
+                        .iter()
+                        .map(|a| a.status.as_str())
+                        .collect::<Vec<_>>(),
+                )
+                .bind(
+                    attempts
+                        .iter()
+                        .map(|a| a.error.as_deref())
+                        .collect::<Vec<_>>(),
+                )
+                .bind(attempts.iter().map(|a| a.started_at).collect::<Vec<_>>())
+                .bind(attempts.iter().map(|a| a.finished_at).collect::<Vec<_>>());
+        }
+        let written = query.execute(&mut **connection).await;
         if written.is_err() {
             // The connection may be what broke: the retry takes a fresh one.
             if let Some(mut broken) = held.take() {
@@ -387,6 +420,24 @@ impl Store for PgStore {
 
     async fn claim_run(&self, run: &Run, job: &Job, redelivered: bool) -> StoreResult<Option<i32>> {
         self.take_run(&CLAIM_SQL, run, job, redelivered, None).await
+    }
+
+    async fn claim_runs(&self, claims: &[(Run, Job)]) -> StoreResult<Vec<Option<i32>>> {
+        let runs = || claims.iter().map(|(run, _)| run);
+        let taken: HashMap<Uuid, i32> = sqlx::query_as(CLAIM_MANY_SQL)
+            .bind(runs().map(|r| r.run_id).collect::<Vec<_>>())
+            .bind(runs().map(|r| r.binding_id).collect::<Vec<_>>())
+            .bind(runs().map(|r| r.form_id).collect::<Vec<_>>())
+            .bind(runs().map(|r| r.submission_id).collect::<Vec<_>>())
+            .bind(runs().map(|r| r.kind.as_str()).collect::<Vec<_>>())
+            .bind(runs().map(|r| r.mode.as_str()).collect::<Vec<_>>())
+            .bind(runs().map(|r| r.created_at).collect::<Vec<_>>())
+            .bind(claims.iter().map(|(_, job)| Json(job)).collect::<Vec<_>>())
+            .fetch_all(&self.pool)
+            .await?
+            .into_iter()
+            .collect();
+        Ok(runs().map(|run| taken.get(&run.run_id).copied()).collect())
     }
 
     async fn expire_run(

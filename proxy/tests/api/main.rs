@@ -8,3 +8,4 @@ mod embedded;
 mod helpers;
 mod proxy;
 mod retries;
+mod store;
