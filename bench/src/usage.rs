@@ -33,12 +33,13 @@ fn cpu_time() -> Duration {
 
 /// User + system CPU time of process `pid` (a number or `self`), if it still runs.
 pub fn cpu_time_of(pid: &str) -> Option<Duration> {
-    let (_, ticks) = stat_of(pid)?;
-    Some(ticks)
+    Some(stat_of(pid)?.cpu)
 }
 
 /// User + system CPU time of every process whose command name is `command` (all of
-/// PostgreSQL's backends and helpers are `postgres`; RabbitMQ's VM is `beam.smp`).
+/// PostgreSQL's backends and helpers are `postgres`; RabbitMQ's VM is `beam.smp`), with
+/// that of their children that exited: a PostgreSQL backend that closes during a window
+/// takes its time along, and its parent, the postmaster, counts it.
 pub fn cpu_time_of_command(command: &str) -> Duration {
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return Duration::ZERO;
@@ -50,22 +51,39 @@ pub fn cpu_time_of_command(command: &str) -> Duration {
             pid.bytes().all(|b| b.is_ascii_digit()).then_some(pid)
         })
         .filter_map(|pid| stat_of(&pid))
-        .filter(|(name, _)| name == command)
-        .map(|(_, cpu)| cpu)
+        .filter(|stat| stat.name == command)
+        .map(|stat| stat.cpu + stat.children_cpu)
         .sum()
 }
 
-/// The command name and user + system CPU time in `/proc/{pid}/stat`.
-fn stat_of(pid: &str) -> Option<(String, Duration)> {
+/// What `/proc/{pid}/stat` says of a process's CPU time.
+struct Stat {
+    name: String,
+    /// User + system time of the process.
+    cpu: Duration,
+    /// User + system time of its children that exited and were waited for.
+    children_cpu: Duration,
+}
+
+fn stat_of(pid: &str) -> Option<Stat> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name is in parentheses and may contain spaces; fields follow ") ".
     let (head, rest) = stat.rsplit_once(") ")?;
     let name = head.split_once(" (")?.1.to_owned();
     let fields: Vec<&str> = rest.split_whitespace().collect();
-    // utime and stime are fields 14 and 15 of the line: indexes 11 and 12 after the name.
+    // utime, stime, cutime and cstime are fields 14 to 17 of the line: indexes 11 to 14
+    // after the name.
     let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok());
-    let cpu = Duration::from_secs_f64((ticks(11)? + ticks(12)?) / TICKS_PER_SECOND);
-    Some((name, cpu))
+    let seconds = |a, b| {
+        Some(Duration::from_secs_f64(
+            (ticks(a)? + ticks(b)?) / TICKS_PER_SECOND,
+        ))
+    };
+    Some(Stat {
+        name,
+        cpu: seconds(11, 12)?,
+        children_cpu: seconds(13, 14)?,
+    })
 }
 
 /// Resident-set high-water mark, in bytes.

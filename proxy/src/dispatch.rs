@@ -6,7 +6,11 @@
 //! (and records their runs). Sync runs go to the batching [`Recorder`] without waiting for
 //! the write.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    future::Future,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use chrono::{TimeDelta, Utc};
 use futures_util::future::join_all;
@@ -226,7 +230,8 @@ impl PostSubmission for Dispatcher {
         &self,
         request: Request<pb::ProcessRequest>,
     ) -> Result<Response<pb::ProcessResponse>, Status> {
-        let submission = self.parse(request.into_inner())?;
+        let started = Instant::now();
+        let submission = timed("parse", async { self.parse(request.into_inner()) }).await?;
         let Some(bindings) = self.cache.for_form(submission.form_id) else {
             // Not an error (a form may have no tasks), but the first thing to look for when
             // a backend wonders why nothing ran.
@@ -243,10 +248,32 @@ impl PostSubmission for Dispatcher {
             .filter(|live| live.binding.mode == Mode::Async)
             .map(|live| Self::job(live, &submission))
             .unzip();
-        let (sync_results, queued) = tokio::join!(join_all(sync), self.enqueue(new_jobs));
+        let (sync_results, queued) = tokio::join!(
+            timed("sync", join_all(sync)),
+            timed("enqueue", self.enqueue(new_jobs))
+        );
         queued?;
+        let took = started.elapsed();
+        metrics::histogram!("postsub_process_seconds").record(took.as_secs_f64());
+        if took > SLOW_PROCESS {
+            tracing::debug!(?took, form_id = %submission.form_id,
+                submission_id = %submission.submission_id,
+                "slow Process call (its stages: postsub_process_stage_seconds in /metrics)");
+        }
         Ok(Response::new(pb::ProcessResponse { sync_results, jobs }))
     }
+}
+
+/// A `Process` call slower than this is logged at debug.
+const SLOW_PROCESS: Duration = Duration::from_millis(50);
+
+/// Awaits `stage` and records how long it took in `postsub_process_stage_seconds`.
+async fn timed<T>(stage: &'static str, future: impl Future<Output = T>) -> T {
+    let started = Instant::now();
+    let output = future.await;
+    metrics::histogram!("postsub_process_stage_seconds", "stage" => stage)
+        .record(started.elapsed().as_secs_f64());
+    output
 }
 
 /// How deep `answers` nest (the top object is level 1, each object or list inside one more)

@@ -213,11 +213,16 @@ pub trait Store: TaskState + Send + Sync {
     /// per claim in order, in one round trip where the backend can (the worker's
     /// [`crate::claimer`] batches them). A run may appear only once.
     async fn claim_runs(&self, claims: &[(Run, Job)]) -> StoreResult<Vec<Option<i32>>> {
-        let mut taken = Vec::with_capacity(claims.len());
-        for (run, job) in claims {
-            taken.push(self.claim_run(run, job, false).await?);
-        }
-        Ok(taken)
+        // At once, not one after another: a backend that groups concurrent writes (SQLite's
+        // writer) commits them together.
+        futures_util::future::join_all(
+            claims
+                .iter()
+                .map(|(run, job)| self.claim_run(run, job, false)),
+        )
+        .await
+        .into_iter()
+        .collect()
     }
 
     /// Marks a run `expired` with `error` instead of starting it, when [`Store::claim_run`]

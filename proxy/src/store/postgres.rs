@@ -357,6 +357,13 @@ impl Store for PgStore {
             Some(connection) => connection,
             None => held.insert(self.pool.acquire().await?),
         };
+        // Rows in run-id order, in every statement that writes several runs: two batches
+        // that lock the same runs in different orders deadlock (a claim batch against the
+        // proxy's history batch did, under load).
+        let mut runs: Vec<&(Run, RunWrite)> = runs.iter().collect();
+        runs.sort_unstable_by_key(|(run, _)| run.run_id);
+        let mut attempts: Vec<&Attempt> = attempts.iter().collect();
+        attempts.sort_unstable_by_key(|attempt| (attempt.run_id, attempt.attempt));
         let all = || runs.iter().map(|(run, _)| run);
         let with_attempts = !attempts.is_empty();
         let sql = &HISTORY_SQL[usize::from(with_attempts)];
@@ -423,7 +430,10 @@ impl Store for PgStore {
     }
 
     async fn claim_runs(&self, claims: &[(Run, Job)]) -> StoreResult<Vec<Option<i32>>> {
-        let runs = || claims.iter().map(|(run, _)| run);
+        // In run-id order, as the history batches (see write_history).
+        let mut sorted: Vec<&(Run, Job)> = claims.iter().collect();
+        sorted.sort_unstable_by_key(|(run, _)| run.run_id);
+        let runs = || sorted.iter().map(|(run, _)| run);
         let taken: HashMap<Uuid, i32> = sqlx::query_as(CLAIM_MANY_SQL)
             .bind(runs().map(|r| r.run_id).collect::<Vec<_>>())
             .bind(runs().map(|r| r.binding_id).collect::<Vec<_>>())
@@ -432,12 +442,15 @@ impl Store for PgStore {
             .bind(runs().map(|r| r.kind.as_str()).collect::<Vec<_>>())
             .bind(runs().map(|r| r.mode.as_str()).collect::<Vec<_>>())
             .bind(runs().map(|r| r.created_at).collect::<Vec<_>>())
-            .bind(claims.iter().map(|(_, job)| Json(job)).collect::<Vec<_>>())
+            .bind(sorted.iter().map(|(_, job)| Json(job)).collect::<Vec<_>>())
             .fetch_all(&self.pool)
             .await?
             .into_iter()
             .collect();
-        Ok(runs().map(|run| taken.get(&run.run_id).copied()).collect())
+        Ok(claims
+            .iter()
+            .map(|(run, _)| taken.get(&run.run_id).copied())
+            .collect())
     }
 
     async fn expire_run(
