@@ -190,7 +190,7 @@ fn config_from_proto(config: Option<prost_types::Struct>) -> Value {
 }
 
 /// A binding's config with what its kind marks secret masked.
-fn redacted_config(registry: &Registry, binding: &Binding) -> Value {
+pub(crate) fn redacted_config(registry: &Registry, binding: &Binding) -> Value {
     match registry.get(&binding.kind) {
         Some(task) => task.redact_config(&binding.config),
         None => binding.config.clone(),
@@ -282,7 +282,7 @@ fn queue_error(err: QueueError) -> Status {
 
 /// Where a page of runs ended. The time keeps every digit the store holds (SQLite keeps
 /// nanoseconds): a rounded one would skip the runs created within the dropped digits.
-fn page_token(run: &Run) -> String {
+pub(crate) fn page_token(run: &Run) -> String {
     let at = run.created_at;
     format!(
         "{}.{:09}_{}",
@@ -292,7 +292,7 @@ fn page_token(run: &Run) -> String {
     )
 }
 
-fn parse_page_token(token: &str) -> Result<Option<(DateTime<Utc>, Uuid)>, Status> {
+pub(crate) fn parse_page_token(token: &str) -> Result<Option<(DateTime<Utc>, Uuid)>, Status> {
     if token.is_empty() {
         return Ok(None);
     }
@@ -499,6 +499,7 @@ impl TaskAdmin for Admin {
                 .map(|t| from_timestamp("created_before", t))
                 .transpose()?,
             after_key: parse_page_token(&request.page_token)?,
+            ..RunFilter::default()
         };
         let page_size = match request.page_size {
             0 => DEFAULT_PAGE,

@@ -17,6 +17,7 @@ use tonic::transport::server::TcpIncoming;
 
 use crate::{
     admin::Admin,
+    console::Console,
     auth::{RequireTokenLayer, TokenCache, TokenCacheTask},
     backend::Backend,
     bindings::BindingCache,
@@ -164,6 +165,7 @@ pub struct Proxy {
     admin: Admin,
     queue: Arc<dyn JobQueue>,
     store: Arc<dyn Store>,
+    registry: Registry,
     max_answers_bytes: usize,
     auth: Auth,
 }
@@ -285,6 +287,7 @@ impl Proxy {
             admin,
             queue: services.queue.clone(),
             store: services.store.clone(),
+            registry: services.registry.clone(),
             max_answers_bytes: settings.max_answers_bytes,
             auth,
         })
@@ -335,6 +338,13 @@ impl Proxy {
                 RequireTokenLayer::disabled()
             }
         };
+        let console = Console::new(
+            self.admin.clone(),
+            self.store.clone(),
+            self.queue.clone(),
+            self.registry,
+            require_token.authenticator(),
+        );
         match self.tls {
             Some(true) => tracing::info!("gRPC over TLS; clients must show a certificate"),
             Some(false) => tracing::info!("gRPC over TLS"),
@@ -356,7 +366,8 @@ impl Proxy {
                 TcpIncoming::from(self.grpc).with_nodelay(Some(true)),
                 shutdown.clone().cancelled_owned(),
             );
-        let http = axum::serve(self.http, health_routes(self.store))
+        let routes = health_routes(self.store).nest("/ui", console.routes());
+        let http = axum::serve(self.http, routes)
             .with_graceful_shutdown(shutdown.clone().cancelled_owned());
         // The relay stops with the servers; what it has not published stays in the outbox
         // for the next proxy to start.

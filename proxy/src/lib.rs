@@ -35,6 +35,7 @@ pub mod auth;
 pub mod backend;
 pub mod bindings;
 pub mod claimer;
+pub mod console;
 pub mod cli;
 pub mod client;
 pub mod dispatch;

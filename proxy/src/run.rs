@@ -72,7 +72,7 @@ pub enum RunStatus {
 
 impl RunStatus {
     /// Every status, in the order they are listed to people.
-    const ALL: [RunStatus; 6] = [
+    pub const ALL: [RunStatus; 6] = [
         RunStatus::Queued,
         RunStatus::Running,
         RunStatus::Succeeded,

@@ -19,13 +19,44 @@ use super::{Access, Caller, Scope, TokenCache, access, hash};
 #[derive(Clone)]
 pub struct RequireTokenLayer {
     /// `None`: let every call through (see [`RequireTokenLayer::disabled`]).
-    check: Option<Arc<Check>>,
+    check: Option<Arc<Authenticator>>,
 }
 
-struct Check {
+/// Who holds a token: the stored tokens, and `POSTSUB_ADMIN_TOKEN`. Shared by the gRPC
+/// layer and the console's login.
+pub struct Authenticator {
     tokens: TokenCache,
     /// The hash of `POSTSUB_ADMIN_TOKEN`, an admin token that is not stored.
     bootstrap: Option<[u8; 32]>,
+}
+
+impl Authenticator {
+    /// Checks tokens against `tokens`, and against `bootstrap`, an admin token from the
+    /// environment.
+    pub fn new(tokens: TokenCache, bootstrap: Option<&str>) -> Self {
+        Self {
+            tokens,
+            bootstrap: bootstrap.map(hash),
+        }
+    }
+
+    /// The holder of `secret`, when it is a known token.
+    pub fn caller(&self, secret: &str) -> Option<Caller> {
+        let presented = hash(secret);
+        match self.tokens.check(&presented) {
+            Some(caller) => Some(caller),
+            None if self.bootstrap.is_some_and(|bootstrap| {
+                subtle::ConstantTimeEq::ct_eq(&bootstrap[..], &presented[..]).into()
+            }) =>
+            {
+                Some(Caller {
+                    name: "POSTSUB_ADMIN_TOKEN".to_owned(),
+                    scope: Scope::Admin,
+                })
+            }
+            None => None,
+        }
+    }
 }
 
 impl RequireTokenLayer {
@@ -33,11 +64,13 @@ impl RequireTokenLayer {
     /// environment.
     pub fn new(tokens: TokenCache, bootstrap: Option<&str>) -> Self {
         Self {
-            check: Some(Arc::new(Check {
-                tokens,
-                bootstrap: bootstrap.map(hash),
-            })),
+            check: Some(Arc::new(Authenticator::new(tokens, bootstrap))),
         }
+    }
+
+    /// What this layer checks tokens with; `None` when it lets every call through.
+    pub fn authenticator(&self) -> Option<Arc<Authenticator>> {
+        self.check.clone()
     }
 
     /// Lets every call through: for a proxy started without authentication, which keeps
@@ -62,7 +95,7 @@ impl<S> Layer<S> for RequireTokenLayer {
 #[derive(Clone)]
 pub struct RequireToken<S> {
     inner: S,
-    check: Option<Arc<Check>>,
+    check: Option<Arc<Authenticator>>,
 }
 
 impl<S, B> Service<Request<B>> for RequireToken<S>
@@ -95,7 +128,7 @@ where
     }
 }
 
-impl Check {
+impl Authenticator {
     /// Who is calling, when the method needs a token and the token covers it.
     fn authorize<B>(&self, request: &Request<B>) -> Result<Option<Caller>, Status> {
         let needed = match access(request.uri().path()) {
@@ -103,18 +136,9 @@ impl Check {
             Access::AnyToken => None,
             Access::Scope(scope) => Some(scope),
         };
-        let secret = bearer(request)?;
-        let presented = hash(secret);
-        let (name, scope) = match self.tokens.check(&presented) {
-            Some(caller) => (caller.name, caller.scope),
-            None if self.bootstrap.is_some_and(|bootstrap| {
-                subtle::ConstantTimeEq::ct_eq(&bootstrap[..], &presented[..]).into()
-            }) =>
-            {
-                ("POSTSUB_ADMIN_TOKEN".to_owned(), Scope::Admin)
-            }
-            None => return Err(Status::unauthenticated("unknown or revoked token")),
-        };
+        let Caller { name, scope } = self
+            .caller(bearer(request)?)
+            .ok_or_else(|| Status::unauthenticated("unknown or revoked token"))?;
         match needed {
             Some(needed) if !scope.covers(needed) => {
                 let or_admin = if needed == Scope::Admin {

@@ -19,7 +19,7 @@ use base64::Engine as _;
 use sha2::{Digest as _, Sha256};
 
 pub use self::{
-    layer::{RequireToken, RequireTokenLayer},
+    layer::{Authenticator, RequireToken, RequireTokenLayer},
     tokens::{Caller, TokenCache, TokenCacheTask},
 };
 

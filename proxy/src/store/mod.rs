@@ -125,8 +125,49 @@ pub struct RunFilter {
     pub created_after: Option<DateTime<Utc>>,
     /// Runs created before.
     pub created_before: Option<DateTime<Utc>>,
+    /// Runs of this task kind.
+    pub kind: Option<String>,
+    /// Runs with a flag whose field or rule is this.
+    pub flag: Option<String>,
+    /// Runs whose error contains this text, ignoring ASCII case.
+    pub error_contains: Option<String>,
     /// Runs strictly older than this `(created_at, run_id)`: where the previous page ended.
     pub after_key: Option<(DateTime<Utc>, Uuid)>,
+}
+
+/// How many runs of one binding are in one status (the console's Forms page).
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct BindingStatusCount {
+    /// The binding.
+    pub binding_id: Uuid,
+    /// The status, as stored (`queued`, `dead`, …).
+    pub status: String,
+    /// Runs.
+    pub count: i64,
+}
+
+/// Dead runs of one binding that failed with one error (the console's Dead letters page).
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct DeadRunGroup {
+    /// The binding.
+    pub binding_id: Uuid,
+    /// The error the runs died with.
+    pub error: Option<String>,
+    /// Runs.
+    pub count: i64,
+    /// When the newest of them was created.
+    pub newest: DateTime<Utc>,
+}
+
+/// Runs created in one minute that are now in one status (the Overview's chart).
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct MinuteCount {
+    /// The minute, `YYYY-MM-DDTHH:MM` in UTC.
+    pub minute: String,
+    /// The status, as stored.
+    pub status: String,
+    /// Runs.
+    pub count: i64,
 }
 
 /// Tells the binding cache when to reload.
@@ -260,6 +301,26 @@ pub trait Store: TaskState + Send + Sync {
 
     /// Runs matching `filter`, newest first, at most `limit`.
     async fn list_runs(&self, filter: &RunFilter, limit: i64) -> StoreResult<Vec<Run>>;
+
+    /// Runs created at or after `since`, counted per binding and status.
+    async fn runs_by_binding(&self, since: DateTime<Utc>) -> StoreResult<Vec<BindingStatusCount>>;
+
+    /// Runs of any age still `queued`, `running` or `dead`, counted per binding and status.
+    async fn unfinished_by_binding(&self) -> StoreResult<Vec<BindingStatusCount>>;
+
+    /// The error of a binding's newest run created at or after `since` that has one, with
+    /// when that run was created.
+    async fn last_error(
+        &self,
+        binding_id: Uuid,
+        since: DateTime<Utc>,
+    ) -> StoreResult<Option<(String, DateTime<Utc>)>>;
+
+    /// Dead runs counted per binding and error, largest groups first, at most `limit`.
+    async fn dead_run_groups(&self, limit: i64) -> StoreResult<Vec<DeadRunGroup>>;
+
+    /// Runs created at or after `since`, counted per minute of creation and status.
+    async fn runs_per_minute(&self, since: DateTime<Utc>) -> StoreResult<Vec<MinuteCount>>;
 
     /// Answers when the database does (readiness).
     async fn ping(&self) -> StoreResult<()>;
@@ -400,6 +461,60 @@ macro_rules! shared_reads {
             .fetch_all(pool)
             .await?;
             Ok($crate::store::attempts_of(run, rows))
+        }
+
+        async fn read_runs_by_binding(
+            pool: &$pool,
+            since: chrono::DateTime<chrono::Utc>,
+        ) -> sqlx::Result<Vec<$crate::store::BindingStatusCount>> {
+            sqlx::query_as(
+                "SELECT binding_id, status, count(*) AS count FROM task_runs
+                 WHERE created_at >= $1 GROUP BY binding_id, status",
+            )
+            .bind(since)
+            .fetch_all(pool)
+            .await
+        }
+
+        async fn read_unfinished_by_binding(
+            pool: &$pool,
+        ) -> sqlx::Result<Vec<$crate::store::BindingStatusCount>> {
+            sqlx::query_as(
+                "SELECT binding_id, status, count(*) AS count FROM task_runs
+                 WHERE status IN ('queued', 'running', 'dead') GROUP BY binding_id, status",
+            )
+            .fetch_all(pool)
+            .await
+        }
+
+        async fn read_last_error(
+            pool: &$pool,
+            binding_id: uuid::Uuid,
+            since: chrono::DateTime<chrono::Utc>,
+        ) -> sqlx::Result<Option<(String, chrono::DateTime<chrono::Utc>)>> {
+            sqlx::query_as(
+                "SELECT error, created_at FROM task_runs
+                 WHERE binding_id = $1 AND created_at >= $2 AND error IS NOT NULL
+                 ORDER BY created_at DESC LIMIT 1",
+            )
+            .bind(binding_id)
+            .bind(since)
+            .fetch_optional(pool)
+            .await
+        }
+
+        async fn read_dead_run_groups(
+            pool: &$pool,
+            limit: i64,
+        ) -> sqlx::Result<Vec<$crate::store::DeadRunGroup>> {
+            sqlx::query_as(
+                "SELECT binding_id, error, count(*) AS count, max(created_at) AS newest
+                 FROM task_runs WHERE status = 'dead'
+                 GROUP BY binding_id, error ORDER BY count(*) DESC LIMIT $1",
+            )
+            .bind(limit)
+            .fetch_all(pool)
+            .await
         }
 
         async fn read_state(
@@ -669,6 +784,7 @@ where
     DB: sqlx::Database,
     Uuid: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
     &'a str: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+    String: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
     DateTime<Utc>: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
     i64: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
 {
@@ -685,6 +801,40 @@ where
     }
     if let Some(status) = filter.status {
         query.push(" AND status = ").push_bind(status.as_str());
+    }
+    if let Some(kind) = &filter.kind {
+        query.push(" AND kind = ").push_bind(kind.clone());
+    }
+    if let Some(flag) = &filter.flag {
+        // The flags column is a JSON array of `{field, rule, message}`.
+        let (each, field, rule) = if DB::NAME == "SQLite" {
+            (
+                "json_each(flags)",
+                "json_extract(f.value, '$.field')",
+                "json_extract(f.value, '$.rule')",
+            )
+        } else {
+            ("jsonb_array_elements(flags)", "f.value ->> 'field'", "f.value ->> 'rule'")
+        };
+        query
+            .push(format!(" AND EXISTS (SELECT 1 FROM {each} AS f WHERE {field} = "))
+            .push_bind(flag.clone())
+            .push(format!(" OR {rule} = "))
+            .push_bind(flag.clone())
+            .push(")");
+    }
+    if let Some(text) = &filter.error_contains {
+        let pattern = format!(
+            "%{}%",
+            text.to_ascii_lowercase()
+                .replace('\\', "\\\\")
+                .replace('%', "\\%")
+                .replace('_', "\\_")
+        );
+        query
+            .push(" AND lower(error) LIKE ")
+            .push_bind(pattern)
+            .push(" ESCAPE '\\'");
     }
     if let Some(after) = filter.created_after {
         query.push(" AND created_at >= ").push_bind(after);

@@ -23,7 +23,8 @@ use tokio::sync::Mutex;
 use uuid::Uuid;
 
 use super::{
-    ApiToken, AuditEntry, BINDING_COLUMNS, Binding, BindingRow, ChangeFeed, NewAuditEntry,
+    ApiToken, AuditEntry, BINDING_COLUMNS, Binding, BindingRow, BindingStatusCount, ChangeFeed,
+    DeadRunGroup, MinuteCount, NewAuditEntry,
     NewBinding, NewToken, RunFilter, RunRow, RunWrite, Store, StoreResult, TOKEN_COLUMNS, Take,
     TokenRow, check_schema, insert_audit_query, list_runs_query, take_run_sql,
 };
@@ -36,6 +37,11 @@ use crate::{
 static MIGRATOR: Migrator = sqlx::migrate!("../migrations/postgres");
 
 super::shared_reads!(PgPool);
+
+/// Runs per minute of creation and status (`Store::runs_per_minute`).
+const MINUTE_SQL: &str = "SELECT to_char(date_trunc('minute', created_at AT TIME ZONE 'UTC'),
+        'YYYY-MM-DD\"T\"HH24:MI') AS minute, status, count(*) AS count
+    FROM task_runs WHERE created_at >= $1 GROUP BY 1, 2 ORDER BY 1";
 
 /// The channels the `bindings_changed` and `api_tokens_changed` triggers notify.
 const CHANNELS: [&str; 2] = ["postsub_bindings", "postsub_tokens"];
@@ -510,6 +516,30 @@ impl Store for PgStore {
         let mut query = list_runs_query::<Postgres>(filter, limit);
         let rows: Vec<RunRow> = query.build_query_as().fetch_all(&self.pool).await?;
         Ok(rows.into_iter().map(Run::from).collect())
+    }
+
+    async fn runs_by_binding(&self, since: DateTime<Utc>) -> StoreResult<Vec<BindingStatusCount>> {
+        Ok(read_runs_by_binding(&self.pool, since).await?)
+    }
+
+    async fn unfinished_by_binding(&self) -> StoreResult<Vec<BindingStatusCount>> {
+        Ok(read_unfinished_by_binding(&self.pool).await?)
+    }
+
+    async fn last_error(
+        &self,
+        binding_id: Uuid,
+        since: DateTime<Utc>,
+    ) -> StoreResult<Option<(String, DateTime<Utc>)>> {
+        Ok(read_last_error(&self.pool, binding_id, since).await?)
+    }
+
+    async fn dead_run_groups(&self, limit: i64) -> StoreResult<Vec<DeadRunGroup>> {
+        Ok(read_dead_run_groups(&self.pool, limit).await?)
+    }
+
+    async fn runs_per_minute(&self, since: DateTime<Utc>) -> StoreResult<Vec<MinuteCount>> {
+        Ok(sqlx::query_as(MINUTE_SQL).bind(since).fetch_all(&self.pool).await?)
     }
 
     async fn ping(&self) -> StoreResult<()> {

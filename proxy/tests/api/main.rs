@@ -4,6 +4,7 @@
 
 mod audit;
 mod auth;
+mod console;
 mod embedded;
 mod helpers;
 mod proxy;

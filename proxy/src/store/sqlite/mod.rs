@@ -40,7 +40,8 @@ use self::{
     writer::{Writer, WriterTask},
 };
 use super::{
-    ApiToken, AuditEntry, BINDING_COLUMNS, Binding, BindingRow, ChangeFeed, NewAuditEntry,
+    ApiToken, AuditEntry, BINDING_COLUMNS, Binding, BindingRow, BindingStatusCount, ChangeFeed,
+    DeadRunGroup, MinuteCount, NewAuditEntry,
     NewBinding, NewToken, RunFilter, RunRow, RunWrite, Schema, Store, StoreError, StoreResult,
     TOKEN_COLUMNS, Take, TokenRow, check_schema, insert_audit_query, list_runs_query, take_run_sql,
 };
@@ -52,6 +53,11 @@ use crate::{
 static MIGRATOR: Migrator = sqlx::migrate!("../migrations/sqlite");
 
 super::shared_reads!(SqlitePool);
+
+/// Runs per minute of creation and status (`Store::runs_per_minute`): times are stored as
+/// RFC 3339 text in UTC, so the minute is the first 16 characters.
+const MINUTE_SQL: &str = "SELECT substr(created_at, 1, 16) AS minute, status, count(*) AS count
+    FROM task_runs WHERE created_at >= $1 GROUP BY 1, 2 ORDER BY 1";
 
 /// How often a process looks for binding changes another process made.
 const CHANGE_POLL: Duration = Duration::from_millis(250);
@@ -620,6 +626,30 @@ impl Store for SqliteStore {
         let mut query = list_runs_query::<Sqlite>(filter, limit);
         let rows: Vec<RunRow> = query.build_query_as().fetch_all(&self.db.readers).await?;
         Ok(rows.into_iter().map(Run::from).collect())
+    }
+
+    async fn runs_by_binding(&self, since: DateTime<Utc>) -> StoreResult<Vec<BindingStatusCount>> {
+        Ok(read_runs_by_binding(&self.db.readers, since).await?)
+    }
+
+    async fn unfinished_by_binding(&self) -> StoreResult<Vec<BindingStatusCount>> {
+        Ok(read_unfinished_by_binding(&self.db.readers).await?)
+    }
+
+    async fn last_error(
+        &self,
+        binding_id: Uuid,
+        since: DateTime<Utc>,
+    ) -> StoreResult<Option<(String, DateTime<Utc>)>> {
+        Ok(read_last_error(&self.db.readers, binding_id, since).await?)
+    }
+
+    async fn dead_run_groups(&self, limit: i64) -> StoreResult<Vec<DeadRunGroup>> {
+        Ok(read_dead_run_groups(&self.db.readers, limit).await?)
+    }
+
+    async fn runs_per_minute(&self, since: DateTime<Utc>) -> StoreResult<Vec<MinuteCount>> {
+        Ok(sqlx::query_as(MINUTE_SQL).bind(since).fetch_all(&self.db.readers).await?)
     }
 
     async fn ping(&self) -> StoreResult<()> {

@@ -1,0 +1,174 @@
+//! Formatting shared by the console's pages.
+
+use std::sync::LazyLock;
+
+use chrono::{DateTime, Utc};
+use regex::Regex;
+use serde_json::Value;
+
+/// `text`, escaped for a URL's query.
+pub(super) fn query_escape(text: &str) -> String {
+    form_urlencoded::byte_serialize(text.as_bytes()).collect()
+}
+
+/// A query string (without `?`) of the pairs whose value is not empty.
+pub(super) fn query_string<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> String {
+    let mut query = form_urlencoded::Serializer::new(String::new());
+    for (key, value) in pairs {
+        if !value.is_empty() {
+            query.append_pair(key, value);
+        }
+    }
+    query.finish()
+}
+
+/// A time as the pages show it: UTC to the second.
+pub(super) fn time(at: &DateTime<Utc>) -> String {
+    at.format("%Y-%m-%d %H:%M:%S").to_string()
+}
+
+/// An optional time, or a dash.
+pub(super) fn maybe_time(at: Option<&DateTime<Utc>>) -> String {
+    at.map_or_else(|| "–".to_owned(), time)
+}
+
+/// How long ago, roughly: `12s`, `5m`, `3h`, `2d`.
+pub(super) fn age(seconds: u64) -> String {
+    match seconds {
+        s if s < 120 => format!("{s}s"),
+        s if s < 2 * 3600 => format!("{}m", s / 60),
+        s if s < 2 * 86_400 => format!("{}h", s / 3600),
+        s => format!("{}d", s / 86_400),
+    }
+}
+
+/// Pretty JSON.
+pub(super) fn pretty(value: &Value) -> String {
+    serde_json::to_string_pretty(value).unwrap_or_else(|_| value.to_string())
+}
+
+/// Answers as the console shows them: the values of keys that name a secret (`password`,
+/// `token`, `secret`, …) masked, at any depth.
+pub(super) fn masked_answers(value: &Value) -> Value {
+    const SECRET_WORDS: [&str; 6] = ["password", "passwd", "secret", "token", "api_key", "apikey"];
+    match value {
+        Value::Object(map) => Value::Object(
+            map.iter()
+                .map(|(key, value)| {
+                    let lower = key.to_ascii_lowercase();
+                    let masked = if SECRET_WORDS.iter().any(|word| lower.contains(word)) {
+                        Value::String("********".to_owned())
+                    } else {
+                        masked_answers(value)
+                    };
+                    (key.clone(), masked)
+                })
+                .collect(),
+        ),
+        Value::Array(items) => Value::Array(items.iter().map(masked_answers).collect()),
+        other => other.clone(),
+    }
+}
+
+/// What a dead run died of, for grouping: the HTTP status class the destination answered,
+/// or the kind of failure when it did not answer.
+pub(super) fn cause(error: Option<&str>) -> String {
+    static ANSWERED: LazyLock<Regex> =
+        LazyLock::new(|| Regex::new(r"answered (\d{3})").expect("valid regex"));
+    let Some(error) = error else {
+        return "no error recorded".to_owned();
+    };
+    if let Some(code) = ANSWERED.captures(error).and_then(|c| c[1].parse::<u16>().ok()) {
+        return match code {
+            429 => "HTTP 429 (rate limit or quota)".to_owned(),
+            401 => "HTTP 401 (credentials refused)".to_owned(),
+            403 => "HTTP 403 (permission)".to_owned(),
+            404 => "HTTP 404 (not found)".to_owned(),
+            500..=599 => "HTTP 5xx (server error)".to_owned(),
+            code => format!("HTTP {code}"),
+        };
+    }
+    let lower = error.to_ascii_lowercase();
+    let kind = if lower.contains("connection refused") {
+        "connection refused"
+    } else if lower.contains("timed out") || lower.contains("timeout") {
+        "timed out"
+    } else if lower.contains("dns error") || lower.contains("failed to lookup") {
+        "name not resolved"
+    } else if lower.contains(" refused: ") {
+        "target refused (outbound checks)"
+    } else if lower.contains("certificate") || lower.contains("tls") {
+        "TLS"
+    } else if lower.contains("panicked") {
+        "task panicked"
+    } else if lower.contains("unknown task kind") || lower.contains("no binding") {
+        "binding or kind gone"
+    } else {
+        "other"
+    };
+    kind.to_owned()
+}
+
+/// One CSV line of `fields` (RFC 4180 quoting), with its line break.
+pub(super) fn csv_line<'a>(fields: impl IntoIterator<Item = &'a str>) -> String {
+    let mut line = String::new();
+    for (i, field) in fields.into_iter().enumerate() {
+        if i > 0 {
+            line.push(',');
+        }
+        // A leading =, +, - or @ would be a formula to a spreadsheet that opens the file.
+        let formula = field.starts_with(['=', '+', '-', '@']);
+        if formula || field.contains([',', '"', '\n', '\r']) {
+            line.push('"');
+            if formula {
+                line.push('\'');
+            }
+            line.push_str(&field.replace('"', "\"\""));
+            line.push('"');
+        } else {
+            line.push_str(field);
+        }
+    }
+    line.push_str("\r\n");
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn dead_runs_are_grouped_by_what_the_destination_answered() {
+        let cause = |e: &str| cause(Some(e));
+        assert_eq!(
+            cause("POST http://x/h answered 503 Service Unavailable: down"),
+            "HTTP 5xx (server error)"
+        );
+        assert_eq!(
+            cause("appending rows: Google answered 429: quota"),
+            "HTTP 429 (rate limit or quota)"
+        );
+        assert_eq!(
+            cause("POST http://127.0.0.1:1/h failed: error sending request: Connection refused (os error 111)"),
+            "connection refused"
+        );
+        assert_eq!(cause("timed out after 30s"), "timed out");
+        assert_eq!(cause("something else"), "other");
+    }
+
+    #[test]
+    fn secret_looking_answers_are_masked_at_any_depth() {
+        let answers = json!({"name": "Ann", "Password": "x", "nested": [{"api_key": "k", "n": 1}]});
+        assert_eq!(
+            masked_answers(&answers),
+            json!({"name": "Ann", "Password": "********", "nested": [{"api_key": "********", "n": 1}]})
+        );
+    }
+
+    #[test]
+    fn csv_fields_are_quoted_and_formulas_defused() {
+        assert_eq!(csv_line(["a", "b,c", "say \"hi\"", "=1+1"]), "a,\"b,c\",\"say \"\"hi\"\"\",\"'=1+1\"\r\n");
+    }
+}
