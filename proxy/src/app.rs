@@ -17,10 +17,11 @@ use tonic::transport::server::TcpIncoming;
 
 use crate::{
     admin::Admin,
-    console::Console,
+    alerts::{AlertSettings, AlertTask, Alerts, watch_queue},
     auth::{RequireTokenLayer, TokenCache, TokenCacheTask},
     backend::Backend,
     bindings::BindingCache,
+    console::Console,
     dispatch::{DispatchLimits, Dispatcher},
     follow::{Followed, follow_changes},
     queue::JobQueue,
@@ -54,6 +55,9 @@ pub struct Services {
     /// The batching run-history writer.
     pub recorder: Recorder,
     recorder_task: RecorderTask,
+    /// Where alerts go (nowhere until [`Services::with_alerts`]).
+    pub alerts: Alerts,
+    alert_task: Option<AlertTask>,
     follower: JoinHandle<()>,
     stop_following: CancellationToken,
 }
@@ -91,14 +95,27 @@ impl Services {
             token_task,
             recorder: opened.recorder,
             recorder_task: opened.recorder_task,
+            alerts: Alerts::disabled(),
+            alert_task: None,
             follower,
             stop_following,
         })
     }
 
-    /// Writes what the recorder holds and closes the queue and the store. Call after the
-    /// proxy and worker stopped.
+    /// Sends alerts where `settings` say (see [`crate::alerts`]).
+    pub fn with_alerts(mut self, settings: &AlertSettings) -> anyhow::Result<Self> {
+        let (alerts, task) = Alerts::start(settings)?;
+        self.alerts = alerts;
+        self.alert_task = task;
+        Ok(self)
+    }
+
+    /// Writes what the recorder holds, sends the last alerts and closes the queue and the
+    /// store. Call after the proxy and worker stopped.
     pub async fn stop(self) {
+        if let Some(alerts) = self.alert_task {
+            alerts.finish().await;
+        }
         self.stop_following.cancel();
         let _ = self.follower.await;
         self.token_task.finish().await;
@@ -112,12 +129,6 @@ impl Services {
 
     /// A worker over these services.
     pub fn worker(&self, settings: &WorkerSettings) -> anyhow::Result<Worker> {
-        let expiry_webhook = settings
-            .expiry_webhook
-            .as_deref()
-            .map(reqwest::Url::parse)
-            .transpose()
-            .context("--expiry-webhook is not a URL")?;
         Ok(Worker::new(
             self.queue.clone(),
             self.store.clone(),
@@ -129,8 +140,8 @@ impl Services {
                 concurrency: settings.concurrency,
                 task_timeout: settings.task_timeout,
                 drain_timeout: settings.drain_timeout,
-                expiry_webhook,
             },
+            self.alerts.clone(),
         ))
     }
 
@@ -166,6 +177,8 @@ pub struct Proxy {
     queue: Arc<dyn JobQueue>,
     store: Arc<dyn Store>,
     registry: Registry,
+    recorder: Recorder,
+    alerts: Alerts,
     max_answers_bytes: usize,
     auth: Auth,
 }
@@ -288,6 +301,8 @@ impl Proxy {
             queue: services.queue.clone(),
             store: services.store.clone(),
             registry: services.registry.clone(),
+            recorder: services.recorder.clone(),
+            alerts: services.alerts.clone(),
             max_answers_bytes: settings.max_answers_bytes,
             auth,
         })
@@ -372,8 +387,14 @@ impl Proxy {
         // The relay stops with the servers; what it has not published stays in the outbox
         // for the next proxy to start.
         let relay = self.queue.relay(shutdown.clone());
+        let watch = watch_queue(
+            self.queue.clone(),
+            self.recorder,
+            self.alerts,
+            shutdown.clone(),
+        );
         tracing::info!("postsub proxy serving");
-        let (grpc, http, ()) = tokio::join!(grpc, http, relay);
+        let (grpc, http, (), ()) = tokio::join!(grpc, http, relay, watch);
         grpc.context("gRPC server failed")?;
         http.context("HTTP server failed")?;
         Ok(())
@@ -411,7 +432,9 @@ impl DevStack {
     ) -> anyhow::Result<Self> {
         let backend = settings.backend()?;
         backend.database.migrate().await?;
-        let services = Services::start(&backend, registry).await?;
+        let services = Services::start(&backend, registry)
+            .await?
+            .with_alerts(&settings.alerts)?;
         let proxy = Proxy::build(&services, &settings.proxy, Launch::Dev).await?;
         let (grpc_addr, http_addr) = (proxy.grpc_addr(), proxy.http_addr());
         let worker = services.worker(&settings.worker)?;

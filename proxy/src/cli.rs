@@ -7,6 +7,7 @@ use postsub_tasks::{Registry, TargetPolicy};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
+    alerts::AlertSettings,
     app::{DevStack, Launch, Proxy, Services},
     backend::{Backend, Database, SERVER_DATABASE},
     client::{self, AuditCommand, BindingsCommand, DlqCommand, RunsCommand},
@@ -69,6 +70,8 @@ struct ServeArgs {
     proxy: ProxySettings,
     #[command(flatten)]
     targets: TargetSettings,
+    #[command(flatten)]
+    alerts: AlertSettings,
 }
 
 #[derive(Debug, Args)]
@@ -81,6 +84,8 @@ struct WorkerArgs {
     worker: WorkerSettings,
     #[command(flatten)]
     targets: TargetSettings,
+    #[command(flatten)]
+    alerts: AlertSettings,
 }
 
 /// Parses the command line and runs the command.
@@ -146,7 +151,9 @@ fn server_backend(database: &DatabaseSettings, broker: &BrokerSettings) -> anyho
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let backend = server_backend(&args.database, &args.broker)?;
-    let services = Services::start(&backend, registry(args.targets.policy())).await?;
+    let services = Services::start(&backend, registry(args.targets.policy()))
+        .await?
+        .with_alerts(&args.alerts)?;
     let proxy = Proxy::build(&services, &args.proxy, Launch::Serve).await?;
     announce(&proxy);
     proxy.run(shutdown_signal()).await?;
@@ -156,7 +163,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 
 async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
     let backend = server_backend(&args.database, &args.broker)?;
-    let services = Services::start(&backend, registry(args.targets.policy())).await?;
+    let services = Services::start(&backend, registry(args.targets.policy()))
+        .await?
+        .with_alerts(&args.alerts)?;
     let worker = services.worker(&args.worker)?;
     let shutdown = shutdown_signal();
     let http = services

@@ -1,6 +1,9 @@
 //! Running one task once: the part the dispatcher (sync) and the worker (async) share.
 
-use std::{panic::AssertUnwindSafe, time::Duration};
+use std::{
+    panic::AssertUnwindSafe,
+    time::{Duration, Instant},
+};
 
 use futures_util::FutureExt;
 use postsub_tasks::{Outcome, RunContext, Submission, TaskError};
@@ -21,6 +24,16 @@ pub enum Execution {
 }
 
 impl Execution {
+    /// How the attempt ended, as metrics name it.
+    pub fn outcome(&self) -> &'static str {
+        match self {
+            Execution::Finished(_) => "succeeded",
+            Execution::Failed(_) => "failed",
+            Execution::TimedOut(_) => "timed_out",
+            Execution::Panicked => "panicked",
+        }
+    }
+
     /// The error text for the run history; `None` when the task finished.
     pub fn error(&self) -> Option<String> {
         match self {
@@ -33,7 +46,7 @@ impl Execution {
 }
 
 /// Runs a binding's task against a submission under `timeout`. A panic or a hang costs this
-/// one run, never the caller.
+/// one run, never the caller. Its time goes to `postsub_task_seconds{kind,outcome}`.
 pub async fn execute(
     live: &LiveBinding,
     context: &RunContext,
@@ -44,11 +57,16 @@ pub async fn execute(
         Ok(task) => task,
         Err(reason) => return Execution::Failed(TaskError::fatal(reason.clone())),
     };
+    let started = Instant::now();
     let run = AssertUnwindSafe(task.run(context, submission)).catch_unwind();
-    match tokio::time::timeout(timeout, run).await {
+    let execution = match tokio::time::timeout(timeout, run).await {
         Ok(Ok(Ok(outcome))) => Execution::Finished(outcome),
         Ok(Ok(Err(err))) => Execution::Failed(err),
         Ok(Err(_panic)) => Execution::Panicked,
         Err(_elapsed) => Execution::TimedOut(timeout),
-    }
+    };
+    metrics::histogram!("postsub_task_seconds", "kind" => live.binding.kind.clone(),
+        "outcome" => execution.outcome())
+    .record(started.elapsed());
+    execution
 }

@@ -12,6 +12,8 @@
 //!   from the store's change feed.
 //! - [`auth`]: API tokens and scopes, checked by a tower layer in front of every gRPC
 //!   service; [`tokens`]: the `postsub tokens` commands.
+//! - [`console`]: the operators' console, pages under `/ui` on the proxy's HTTP port;
+//!   [`alerts`]: grouped alerts to an operator's webhook, and the queue gauges.
 //! - [`recorder`]: the batching run-history writer; [`run`]: runs, their ids and attempts;
 //!   [`job`]: the job message.
 //!
@@ -30,14 +32,15 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod alerts;
 pub mod app;
 pub mod auth;
 pub mod backend;
 pub mod bindings;
 pub mod claimer;
-pub mod console;
 pub mod cli;
 pub mod client;
+pub mod console;
 pub mod dispatch;
 pub mod execute;
 pub mod follow;

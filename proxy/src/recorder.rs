@@ -58,6 +58,11 @@ pub struct Recorder {
 }
 
 impl Recorder {
+    /// Records waiting for the writer.
+    pub fn backlog(&self) -> usize {
+        self.entries.max_capacity() - self.entries.capacity()
+    }
+
     /// Starts the writer task, holding up to `capacity` records.
     pub fn start(store: Arc<dyn Store>, capacity: usize) -> (Self, RecorderTask) {
         let (entries, receiver) = mpsc::channel(capacity);

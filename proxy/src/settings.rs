@@ -201,10 +201,6 @@ pub struct WorkerSettings {
         default_value = "127.0.0.1:9091"
     )]
     pub worker_http_addr: SocketAddr,
-    /// An operator's URL that gets a JSON POST for every job dropped past its binding's
-    /// `expires_after`.
-    #[arg(long, env = "POSTSUB_EXPIRY_WEBHOOK")]
-    pub expiry_webhook: Option<String>,
 }
 
 /// Everything `postsub dev` runs: proxy and worker in one process.
@@ -225,6 +221,9 @@ pub struct DevSettings {
     #[allow(missing_docs)]
     #[command(flatten)]
     pub targets: TargetSettings,
+    #[allow(missing_docs)]
+    #[command(flatten)]
+    pub alerts: crate::alerts::AlertSettings,
 }
 
 impl DevSettings {

@@ -45,6 +45,7 @@ use tokio::{sync::Semaphore, task::JoinSet};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
+    alerts::Alerts,
     bindings::{BindingCache, LiveBinding},
     claimer::Claimer,
     execute::{Execution, execute},
@@ -67,8 +68,6 @@ pub struct WorkerLimits {
     pub task_timeout: Duration,
     /// How long shutdown waits for running jobs.
     pub drain_timeout: Duration,
-    /// Where to report expired jobs, if anywhere.
-    pub expiry_webhook: Option<reqwest::Url>,
 }
 
 /// What became of one delivery.
@@ -145,6 +144,7 @@ pub struct Worker {
     claimer: Claimer,
     state: Arc<dyn TaskState>,
     limits: WorkerLimits,
+    alerts: Alerts,
 }
 
 impl Worker {
@@ -156,6 +156,7 @@ impl Worker {
         recorder: Recorder,
         state: Arc<dyn TaskState>,
         limits: WorkerLimits,
+        alerts: Alerts,
     ) -> Self {
         Self {
             queue,
@@ -165,6 +166,7 @@ impl Worker {
             recorder,
             state,
             limits,
+            alerts,
         }
     }
 
@@ -373,7 +375,11 @@ impl Worker {
                     return Processed::Requeued;
                 }
                 let run = run.after_attempt(execution, RunStatus::Dead);
-                self.record(run, record, Processed::Dead).await
+                let processed = self.record(run, record, Processed::Dead).await;
+                if processed == Processed::Dead {
+                    self.alerts.run_dead(job, attempt, &error);
+                }
+                processed
             }
         }
     }
@@ -397,9 +403,7 @@ impl Worker {
                     "job expired before it could start; dropped");
                 metrics::counter!("postsub_runs_expired_total", "kind" => job.kind.clone())
                     .increment(1);
-                if let Some(url) = &self.limits.expiry_webhook {
-                    report_expiry(url.clone(), job, expiry);
-                }
+                self.alerts.run_expired(job, expiry);
                 Processed::Expired
             }
             Ok(false) => Processed::Duplicate,
@@ -433,30 +437,4 @@ impl Worker {
         }
         self.cache.get(job.binding_id)
     }
-}
-
-/// Tells the operator's expiry webhook about a dropped job, in the background: the report
-/// is best effort and never holds up the queue.
-fn report_expiry(url: reqwest::Url, job: &Job, expiry: DateTime<Utc>) {
-    let report = serde_json::json!({
-        "type": "run.expired",
-        "run_id": job.run_id,
-        "binding_id": job.binding_id,
-        "form_id": job.submission.form_id,
-        "submission_id": job.submission.submission_id,
-        "kind": job.kind,
-        "expired_at": expiry,
-    });
-    tokio::spawn(async move {
-        let sent = reqwest::Client::new()
-            .post(url.clone())
-            .timeout(Duration::from_secs(10))
-            .json(&report)
-            .send()
-            .await
-            .and_then(reqwest::Response::error_for_status);
-        if let Err(err) = sent {
-            tracing::warn!(error = %err, %url, "the expiry webhook did not take a report");
-        }
-    });
 }

@@ -119,15 +119,7 @@ impl TaskBase for Webhook {
         self.targets
             .check_url(&url)
             .map_err(|refused| ConfigError(format!("url `{url}`: {refused}")))?;
-        let encoded = spec.secret.strip_prefix(SECRET_PREFIX).ok_or_else(|| {
-            ConfigError("secret must look like `whsec_<base64>` (Standard Webhooks)".into())
-        })?;
-        let key = BASE64
-            .decode(encoded)
-            .map_err(|err| ConfigError(format!("secret after `whsec_` is not base64: {err}")))?;
-        if key.is_empty() {
-            return Err(ConfigError("secret is empty".into()));
-        }
+        let key = signing_key(&spec.secret).map_err(ConfigError)?;
         let timeout = match spec.timeout.as_deref() {
             None => DEFAULT_TIMEOUT,
             Some(text) => parse_seconds(text).ok_or_else(|| {
@@ -215,7 +207,23 @@ impl TaskBase for Webhook {
 }
 
 /// The `webhook-signature` value for one delivery.
-fn sign(key: &[u8], id: &str, timestamp: i64, body: &str) -> String {
+/// The HMAC key of a Standard Webhooks secret (`whsec_<base64>`), or why it is not one.
+pub fn signing_key(secret: &str) -> Result<Vec<u8>, String> {
+    let encoded = secret
+        .strip_prefix(SECRET_PREFIX)
+        .ok_or("secret must look like `whsec_<base64>` (Standard Webhooks)")?;
+    let key = BASE64
+        .decode(encoded)
+        .map_err(|err| format!("secret after `whsec_` is not base64: {err}"))?;
+    if key.is_empty() {
+        return Err("secret is empty".into());
+    }
+    Ok(key)
+}
+
+/// The `webhook-signature` header of a message: `v1,` and the base64 HMAC-SHA256 of
+/// `id.timestamp.body` keyed with `key` (see [`signing_key`]).
+pub fn sign(key: &[u8], id: &str, timestamp: i64, body: &str) -> String {
     let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes keys of any length");
     mac.update(format!("{id}.{timestamp}.{body}").as_bytes());
     format!("v1,{}", BASE64.encode(mac.finalize().into_bytes()))

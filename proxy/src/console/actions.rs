@@ -14,7 +14,7 @@ use serde::Deserialize;
 use serde_json::json;
 use uuid::Uuid;
 
-use super::{Console, PageError, Viewer, render, session::CsrfForm, view};
+use super::{Console, PageError, Refusal, Viewer, render, session::CsrfForm, view};
 use crate::{
     requeue::{self, RequeueError},
     run::RunStatus,
@@ -47,16 +47,16 @@ pub(super) async fn retry_run(
     viewer: Viewer,
     Path(id): Path<String>,
     Form(form): Form<CsrfForm>,
-) -> Result<Response, Response> {
+) -> Result<Response, Refusal> {
     let back = format!("/ui/runs/{id}");
     viewer.check_csrf(&form.csrf, &back)?;
-    admin_only(&viewer).map_err(IntoResponse::into_response)?;
+    admin_only(&viewer)?;
     console
         .inner
         .admin
         .retry_run(as_viewer(&viewer, pb::RetryRunRequest { run_id: id }))
         .await
-        .map_err(|status| PageError::from_status(status).into_response())?;
+        .map_err(PageError::from_status)?;
     Ok(Redirect::to(&back).into_response())
 }
 
@@ -173,7 +173,7 @@ pub(super) async fn retry_group(
     State(console): State<Console>,
     viewer: Viewer,
     Form(form): Form<GroupForm>,
-) -> Result<Response, Response> {
+) -> Result<Response, Refusal> {
     viewer.check_csrf(&form.csrf, "/ui/dead")?;
     let run = async {
         admin_only(&viewer)?;
@@ -213,7 +213,7 @@ pub(super) async fn retry_group(
             failed,
         }))
     };
-    run.await.map_err(IntoResponse::into_response)
+    Ok(run.await?)
 }
 
 #[derive(Deserialize)]
@@ -227,9 +227,9 @@ pub(super) async fn set_enabled(
     viewer: Viewer,
     Path(id): Path<String>,
     Form(form): Form<EnabledForm>,
-) -> Result<Response, Response> {
+) -> Result<Response, Refusal> {
     viewer.check_csrf(&form.csrf, "/ui/bindings")?;
-    admin_only(&viewer).map_err(IntoResponse::into_response)?;
+    admin_only(&viewer)?;
     console
         .inner
         .admin
@@ -242,6 +242,6 @@ pub(super) async fn set_enabled(
             },
         ))
         .await
-        .map_err(|status| PageError::from_status(status).into_response())?;
+        .map_err(PageError::from_status)?;
     Ok(Redirect::to("/ui/bindings").into_response())
 }

@@ -29,12 +29,10 @@ use axum::{
 };
 use postsub_tasks::Registry;
 
-use crate::{
-    admin::Admin, auth::Authenticator, queue::JobQueue, store::Store,
-};
+use crate::{admin::Admin, auth::Authenticator, queue::JobQueue, store::Store};
 
-pub use self::session::Viewer;
 use self::session::Sessions;
+pub use self::session::Viewer;
 
 /// What the console pages read and act on; cheap to clone.
 #[derive(Clone)]
@@ -123,7 +121,11 @@ fn render(template: &impl Template) -> Response {
         Ok(html) => Html(html).into_response(),
         Err(err) => {
             tracing::error!(error = %err, "a console page did not render");
-            (StatusCode::INTERNAL_SERVER_ERROR, "the page could not be rendered").into_response()
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the page could not be rendered",
+            )
+                .into_response()
         }
     }
 }
@@ -180,6 +182,39 @@ impl PageError {
         Self {
             status: code,
             message: status.message().to_owned(),
+        }
+    }
+}
+
+/// Why a form post did nothing: a stale CSRF token (back to the login page) or a page
+/// saying why.
+pub(crate) enum Refusal {
+    /// The form's CSRF token is not the session's.
+    Stale {
+        /// Where the login leads back to.
+        back_to: String,
+    },
+    /// Refused or failed, as a page.
+    Page(PageError),
+}
+
+impl From<PageError> for Refusal {
+    fn from(error: PageError) -> Self {
+        Refusal::Page(error)
+    }
+}
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        match self {
+            Refusal::Stale { back_to } => session::login_redirect(
+                &back_to,
+                Some(
+                    "The form had expired (its CSRF token is not this session's); nothing was \
+                     done.",
+                ),
+            ),
+            Refusal::Page(error) => error.into_response(),
         }
     }
 }

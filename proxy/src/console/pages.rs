@@ -51,9 +51,10 @@ async fn bindings_by_id(console: &Console) -> Result<HashMap<Uuid, Binding>, Pag
 }
 
 fn binding_name(bindings: &HashMap<Uuid, Binding>, id: Uuid) -> String {
-    bindings
-        .get(&id)
-        .map_or_else(|| format!("(deleted {})", &id.to_string()[..8]), |b| b.name.clone())
+    bindings.get(&id).map_or_else(
+        || format!("(deleted {})", &id.to_string()[..8]),
+        |b| b.name.clone(),
+    )
 }
 
 // ---------------------------------------------------------------- Overview
@@ -154,14 +155,16 @@ async fn overview_live_part(console: &Console) -> Result<OverviewLive, PageError
             continue;
         }
         per_minute[index as usize].push((count.status.clone(), count.count));
-        match totals.iter_mut().find(|(status, _)| *status == count.status) {
+        match totals
+            .iter_mut()
+            .find(|(status, _)| *status == count.status)
+        {
             Some((_, total)) => *total += count.count,
             None => totals.push((count.status, count.count)),
         }
     }
-    totals.sort_by_key(|(status, _)| {
-        RunStatus::from_str(status).map_or(usize::MAX, |s| s as usize)
-    });
+    totals
+        .sort_by_key(|(status, _)| RunStatus::from_str(status).map_or(usize::MAX, |s| s as usize));
     let chart_max = per_minute
         .iter()
         .map(|minute| minute.iter().map(|(_, n)| n).sum::<i64>())
@@ -267,7 +270,17 @@ pub(super) async fn forms(
                 .map(|c| c.count)
                 .sum()
         };
-        let runs = of(&recent, &["queued", "running", "succeeded", "failed", "dead", "expired"]);
+        let runs = of(
+            &recent,
+            &[
+                "queued",
+                "running",
+                "succeeded",
+                "failed",
+                "dead",
+                "expired",
+            ],
+        );
         let succeeded = of(&recent, &["succeeded"]);
         let finished = of(&recent, &["succeeded", "failed", "dead", "expired"]);
         let last_error = store
@@ -363,7 +376,12 @@ fn time_field(field: &str, text: &str) -> Result<Option<DateTime<Utc>>, PageErro
     if let Ok(at) = DateTime::parse_from_rfc3339(text) {
         return Ok(Some(at.with_timezone(&Utc)));
     }
-    for format in ["%Y-%m-%dT%H:%M:%S", "%Y-%m-%dT%H:%M", "%Y-%m-%d %H:%M:%S", "%Y-%m-%d %H:%M"] {
+    for format in [
+        "%Y-%m-%dT%H:%M:%S",
+        "%Y-%m-%dT%H:%M",
+        "%Y-%m-%d %H:%M:%S",
+        "%Y-%m-%d %H:%M",
+    ] {
         if let Ok(at) = NaiveDateTime::parse_from_str(text, format) {
             return Ok(Some(at.and_utc()));
         }
@@ -524,7 +542,10 @@ pub(super) async fn runs(
         .map_err(|err| PageError::unavailable("listing runs", err))?;
     let next = (runs.len() > RUNS_PAGE as usize).then(|| {
         runs.truncate(RUNS_PAGE as usize);
-        format!("/ui/runs?{}", query.link(&page_token(runs.last().expect("a full page"))))
+        format!(
+            "/ui/runs?{}",
+            query.link(&page_token(runs.last().expect("a full page")))
+        )
     });
     let bindings = bindings_by_id(&console).await?;
     let rows = runs.iter().map(|run| run_row(run, &bindings)).collect();
@@ -624,9 +645,7 @@ pub(super) async fn runs_csv(
         if page.len() < CSV_CHUNK as usize {
             cursor.done = true;
         }
-        let Some(last) = page.last() else {
-            return None;
-        };
+        let last = page.last()?;
         cursor.filter.after_key = Some((last.created_at, last.run_id));
         let chunk: String = page
             .iter()
@@ -637,7 +656,10 @@ pub(super) async fn runs_csv(
     Ok((
         [
             (header::CONTENT_TYPE, "text/csv; charset=utf-8"),
-            (header::CONTENT_DISPOSITION, "attachment; filename=\"runs.csv\""),
+            (
+                header::CONTENT_DISPOSITION,
+                "attachment; filename=\"runs.csv\"",
+            ),
         ],
         Body::from_stream(chunks),
     )
@@ -879,7 +901,7 @@ pub(super) async fn dead_groups(console: &Console) -> Result<Vec<DeadGroupRow>, 
             newest: time(&group.newest),
         });
     }
-    groups.sort_by(|a, b| b.count.cmp(&a.count));
+    groups.sort_by_key(|group| std::cmp::Reverse(group.count));
     Ok(groups)
 }
 
@@ -937,7 +959,7 @@ pub(super) async fn bindings(
             id: binding.id.to_string(),
             form_id: binding.form_id.to_string(),
             config: pretty(&crate::admin::redacted_config(registry, &binding)),
-            options: pretty(&serde_json::to_value(&binding.options).unwrap_or_default()),
+            options: pretty(&serde_json::to_value(binding.options).unwrap_or_default()),
             name: binding.name,
             kind: binding.kind,
             mode: binding.mode.as_str().to_owned(),
@@ -996,7 +1018,10 @@ pub(super) async fn audit(
         .map_err(|err| PageError::unavailable("reading the audit log", err))?;
     let next = (entries.len() > AUDIT_PAGE as usize).then(|| {
         entries.truncate(AUDIT_PAGE as usize);
-        format!("/ui/audit?before={}", entries.last().expect("a full page").id)
+        format!(
+            "/ui/audit?before={}",
+            entries.last().expect("a full page").id
+        )
     });
     let json = |value: Option<serde_json::Value>| value.as_ref().map(pretty).unwrap_or_default();
     Ok(render(&AuditPage {

@@ -23,7 +23,7 @@ use axum::{
 use base64::Engine as _;
 use serde::Deserialize;
 
-use super::{Console, render};
+use super::{Console, Refusal, render};
 use crate::auth::{Caller, Scope};
 
 /// How long a session lasts after its login.
@@ -315,14 +315,13 @@ pub(super) struct CsrfForm {
 impl Viewer {
     /// Refuses a form whose CSRF token is not this session's: back to the login page,
     /// nothing done.
-    pub(super) fn check_csrf(&self, presented: &str, back_to: &str) -> Result<(), Response> {
+    pub(super) fn check_csrf(&self, presented: &str, back_to: &str) -> Result<(), Refusal> {
         if same(&self.csrf, presented) {
             Ok(())
         } else {
-            Err(login_redirect(
-                back_to,
-                Some("The form had expired (its CSRF token is not this session's); nothing was done."),
-            ))
+            Err(Refusal::Stale {
+                back_to: back_to.to_owned(),
+            })
         }
     }
 }
@@ -338,7 +337,7 @@ pub(super) async fn logout(
     Form(form): Form<CsrfForm>,
 ) -> Response {
     if let Err(refused) = viewer.check_csrf(&form.csrf, "/ui") {
-        return refused;
+        return refused.into_response();
     }
     if let Some(id) = cookie(&headers, SESSION_COOKIE) {
         console.inner.sessions.end(id);

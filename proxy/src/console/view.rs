@@ -78,7 +78,10 @@ pub(super) fn cause(error: Option<&str>) -> String {
     let Some(error) = error else {
         return "no error recorded".to_owned();
     };
-    if let Some(code) = ANSWERED.captures(error).and_then(|c| c[1].parse::<u16>().ok()) {
+    if let Some(code) = ANSWERED
+        .captures(error)
+        .and_then(|c| c[1].parse::<u16>().ok())
+    {
         return match code {
             429 => "HTTP 429 (rate limit or quota)".to_owned(),
             401 => "HTTP 401 (credentials refused)".to_owned(),
@@ -151,7 +154,9 @@ mod tests {
             "HTTP 429 (rate limit or quota)"
         );
         assert_eq!(
-            cause("POST http://127.0.0.1:1/h failed: error sending request: Connection refused (os error 111)"),
+            cause(
+                "POST http://127.0.0.1:1/h failed: error sending request: Connection refused (os error 111)"
+            ),
             "connection refused"
         );
         assert_eq!(cause("timed out after 30s"), "timed out");
@@ -169,6 +174,9 @@ mod tests {
 
     #[test]
     fn csv_fields_are_quoted_and_formulas_defused() {
-        assert_eq!(csv_line(["a", "b,c", "say \"hi\"", "=1+1"]), "a,\"b,c\",\"say \"\"hi\"\"\",\"'=1+1\"\r\n");
+        assert_eq!(
+            csv_line(["a", "b,c", "say \"hi\"", "=1+1"]),
+            "a,\"b,c\",\"say \"\"hi\"\"\",\"'=1+1\"\r\n"
+        );
     }
 }

@@ -85,6 +85,12 @@ pub trait JobQueue: Send + Sync {
     /// What the queue holds, per task kind.
     async fn stats(&self) -> Result<Vec<KindStats>, QueueError>;
 
+    /// Jobs kept for the queue because it was away (RabbitMQ's outbox); `None` for a queue
+    /// that has no outbox (the embedded one, whose jobs are written with their runs).
+    async fn outbox_size(&self) -> Result<Option<u64>, QueueError> {
+        Ok(None)
+    }
+
     /// Background work of a proxy until `shutdown` (RabbitMQ's outbox relay); returns at
     /// once when there is none.
     async fn relay(&self, shutdown: CancellationToken);

@@ -814,10 +814,16 @@ where
                 "json_extract(f.value, '$.rule')",
             )
         } else {
-            ("jsonb_array_elements(flags)", "f.value ->> 'field'", "f.value ->> 'rule'")
+            (
+                "jsonb_array_elements(flags)",
+                "f.value ->> 'field'",
+                "f.value ->> 'rule'",
+            )
         };
         query
-            .push(format!(" AND EXISTS (SELECT 1 FROM {each} AS f WHERE {field} = "))
+            .push(format!(
+                " AND EXISTS (SELECT 1 FROM {each} AS f WHERE {field} = "
+            ))
             .push_bind(flag.clone())
             .push(format!(" OR {rule} = "))
             .push_bind(flag.clone())

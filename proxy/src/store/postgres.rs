@@ -24,9 +24,9 @@ use uuid::Uuid;
 
 use super::{
     ApiToken, AuditEntry, BINDING_COLUMNS, Binding, BindingRow, BindingStatusCount, ChangeFeed,
-    DeadRunGroup, MinuteCount, NewAuditEntry,
-    NewBinding, NewToken, RunFilter, RunRow, RunWrite, Store, StoreResult, TOKEN_COLUMNS, Take,
-    TokenRow, check_schema, insert_audit_query, list_runs_query, take_run_sql,
+    DeadRunGroup, MinuteCount, NewAuditEntry, NewBinding, NewToken, RunFilter, RunRow, RunWrite,
+    Store, StoreResult, TOKEN_COLUMNS, Take, TokenRow, check_schema, insert_audit_query,
+    list_runs_query, take_run_sql,
 };
 use crate::{
     job::Job,
@@ -539,7 +539,10 @@ impl Store for PgStore {
     }
 
     async fn runs_per_minute(&self, since: DateTime<Utc>) -> StoreResult<Vec<MinuteCount>> {
-        Ok(sqlx::query_as(MINUTE_SQL).bind(since).fetch_all(&self.pool).await?)
+        Ok(sqlx::query_as(MINUTE_SQL)
+            .bind(since)
+            .fetch_all(&self.pool)
+            .await?)
     }
 
     async fn ping(&self) -> StoreResult<()> {

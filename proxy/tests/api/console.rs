@@ -144,7 +144,10 @@ impl Browser {
     async fn page(&mut self, path: &str) -> String {
         let page = self.get(path).await;
         assert_eq!(page.status, StatusCode::OK, "{path}: {}", page.body);
-        assert!(!page.body.contains(SECRET), "{path} shows the webhook secret");
+        assert!(
+            !page.body.contains(SECRET),
+            "{path} shows the webhook secret"
+        );
         page.body
     }
 }
@@ -217,8 +220,13 @@ async fn the_console_shows_a_dead_run_and_an_admin_retries_its_group(backend: Ba
     let mut stranger = Browser::new(&proxy);
     let away = stranger.get("/ui/dead").await;
     assert_eq!(away.status, StatusCode::SEE_OTHER);
-    assert_eq!(away.location.as_deref(), Some("/ui/login?next=%2Fui%2Fdead"));
-    let refused = stranger.post(&format!("{run_page}/retry"), &[("csrf", "x")]).await;
+    assert_eq!(
+        away.location.as_deref(),
+        Some("/ui/login?next=%2Fui%2Fdead")
+    );
+    let refused = stranger
+        .post(&format!("{run_page}/retry"), &[("csrf", "x")])
+        .await;
     assert_eq!(refused.status, StatusCode::SEE_OTHER, "{}", refused.body);
 
     // `read` sees everything and no button; its posts are refused.
@@ -240,15 +248,33 @@ async fn the_console_shows_a_dead_run_and_an_admin_retries_its_group(backend: Ba
     assert_eq!(forms.status, StatusCode::OK, "{}", forms.body);
     assert!(forms.body.contains("dashboard · read"), "{}", forms.body);
     assert!(forms.body.contains(&form.to_string()) && forms.body.contains("crm"));
-    assert!(forms.body.contains("status=dead"), "Forms links to the dead runs");
+    assert!(
+        forms.body.contains("status=dead"),
+        "Forms links to the dead runs"
+    );
     let overview = reader.page("/ui").await;
-    assert!(overview.contains("webhook") && overview.contains("/ui/dead"), "{overview}");
+    assert!(
+        overview.contains("webhook") && overview.contains("/ui/dead"),
+        "{overview}"
+    );
     let dead = reader.page("/ui/dead").await;
-    assert!(dead.contains("HTTP 5xx (server error)") && dead.contains("answered 503"), "{dead}");
-    assert!(!dead.contains("Retry all"), "a read session sees no retry button");
+    assert!(
+        dead.contains("HTTP 5xx (server error)") && dead.contains("answered 503"),
+        "{dead}"
+    );
+    assert!(
+        !dead.contains("Retry all"),
+        "a read session sees no retry button"
+    );
     let run = reader.page(&run_page).await;
-    assert!(run.contains("dead") && run.contains("answered 503"), "{run}");
-    assert!(!run.contains("/retry\""), "a read session sees no retry button");
+    assert!(
+        run.contains("dead") && run.contains("answered 503"),
+        "{run}"
+    );
+    assert!(
+        !run.contains("/retry\""),
+        "a read session sees no retry button"
+    );
     // Askama escapes the quotes.
     assert!(
         run.contains("&#34;age&#34;: 12") && run.contains("&#34;password&#34;: &#34;********&#34;"),
@@ -256,8 +282,15 @@ async fn the_console_shows_a_dead_run_and_an_admin_retries_its_group(backend: Ba
     );
     assert!(!run.contains("hunter2"));
     let csrf = csrf_in(&run);
-    let forbidden = reader.post(&format!("{run_page}/retry"), &[("csrf", &csrf)]).await;
-    assert_eq!(forbidden.status, StatusCode::FORBIDDEN, "{}", forbidden.body);
+    let forbidden = reader
+        .post(&format!("{run_page}/retry"), &[("csrf", &csrf)])
+        .await;
+    assert_eq!(
+        forbidden.status,
+        StatusCode::FORBIDDEN,
+        "{}",
+        forbidden.body
+    );
     assert!(forbidden.body.contains("`admin`"), "{}", forbidden.body);
     for path in [
         "/ui/live",
@@ -292,7 +325,10 @@ async fn the_console_shows_a_dead_run_and_an_admin_retries_its_group(backend: Ba
     );
     let confirm = operator.page(&confirm_link).await;
     assert!(confirm.contains("Retry 1 dead runs?"), "{confirm}");
-    assert!(confirm.contains("postsub runs list --binding"), "the CLI equivalent: {confirm}");
+    assert!(
+        confirm.contains("postsub runs list --binding"),
+        "the CLI equivalent: {confirm}"
+    );
     let csrf = csrf_in(&confirm.clone());
     let binding_id = Regex::new(r#"name="binding" value="([^"]+)""#)
         .unwrap()
@@ -324,12 +360,14 @@ async fn the_console_shows_a_dead_run_and_an_admin_retries_its_group(backend: Ba
     let found = format!("/ui/runs?status=succeeded&submission={submission}&kind=webhook");
     eventually("the retried run to succeed", || {
         let (mut probe, found, dead_run) = (operator.clone(), found.clone(), dead_run.clone());
-        async move {
-            probe.page(&found).await.contains(&dead_run)
-        }
+        async move { probe.page(&found).await.contains(&dead_run) }
     })
     .await;
-    assert_eq!(receiver.delivery_count(), 2, "one failed delivery, one retried");
+    assert_eq!(
+        receiver.delivery_count(),
+        2,
+        "one failed delivery, one retried"
+    );
     let csv = operator
         .page(&format!("/ui/runs.csv?submission={submission}"))
         .await;
@@ -340,7 +378,10 @@ async fn the_console_shows_a_dead_run_and_an_admin_retries_its_group(backend: Ba
 
     // Enable and disable, audited with the token's name.
     let bindings = operator.page("/ui/bindings").await;
-    assert!(bindings.contains("whsec_********"), "the secret is masked: {bindings}");
+    assert!(
+        bindings.contains("whsec_********"),
+        "the secret is masked: {bindings}"
+    );
     let csrf = csrf_in(&bindings);
     let disabled = operator
         .post(
@@ -352,7 +393,10 @@ async fn the_console_shows_a_dead_run_and_an_admin_retries_its_group(backend: Ba
     let bindings = operator.page("/ui/bindings").await;
     assert!(bindings.contains(">Enable<"), "{bindings}");
     let audit = operator.page("/ui/audit").await;
-    assert!(audit.contains("run.retry_group") && audit.contains("binding.update"), "{audit}");
+    assert!(
+        audit.contains("run.retry_group") && audit.contains("binding.update"),
+        "{audit}"
+    );
     assert!(audit.contains("operator"), "{audit}");
 
     // Logging out ends the session.
@@ -365,9 +409,7 @@ async fn the_console_shows_a_dead_run_and_an_admin_retries_its_group(backend: Ba
     assert!(store.revoke_token("dashboard").await.unwrap());
     eventually("the revoke to end the read session", || {
         let mut probe = reader.clone();
-        async move {
-            probe.get("/ui").await.status == StatusCode::SEE_OTHER
-        }
+        async move { probe.get("/ui").await.status == StatusCode::SEE_OTHER }
     })
     .await;
 }
@@ -385,13 +427,19 @@ async fn console_pages_refuse_bad_filters_and_strangers(backend: Backend) {
         ("submission=123", "submission: `123` is not a UUID"),
         ("status=exploded", "status: `exploded` is not a status"),
         ("from=yesterday", "from: `yesterday` is not a time"),
-        ("from=2026-12-03T10:00&to=2026-12-03T09:00", "the wrong way round"),
+        (
+            "from=2026-12-03T10:00&to=2026-12-03T09:00",
+            "the wrong way round",
+        ),
         ("after=garbage", "after: not a page key"),
     ] {
         let page = browser.get(&format!("/ui/runs?{query}")).await;
         assert_eq!(page.status, StatusCode::BAD_REQUEST, "{query}");
         assert!(page.body.contains(field), "{query}: {}", page.body);
-        assert!(page.body.contains("<form"), "the filter form is still there");
+        assert!(
+            page.body.contains("<form"),
+            "the filter form is still there"
+        );
     }
     let csv = browser.get("/ui/runs.csv?status=exploded").await;
     assert_eq!(csv.status, StatusCode::BAD_REQUEST);
@@ -400,7 +448,10 @@ async fn console_pages_refuse_bad_filters_and_strangers(backend: Backend) {
     assert!(missing.body.contains("no run with id"), "{}", missing.body);
     let bad = browser.get("/ui/submissions/nope").await;
     assert_eq!(bad.status, StatusCode::BAD_REQUEST);
-    assert_eq!(browser.get("/ui/no-such-page").await.status, StatusCode::NOT_FOUND);
+    assert_eq!(
+        browser.get("/ui/no-such-page").await.status,
+        StatusCode::NOT_FOUND
+    );
     // Retrying a run that is not dead is refused with the reason.
     let form = Uuid::new_v4();
     proxy
@@ -434,7 +485,11 @@ async fn console_pages_refuse_bad_filters_and_strangers(backend: Backend) {
         .post(&format!("/ui/runs/{run_id}/retry"), &[("csrf", &csrf)])
         .await;
     assert_eq!(refused.status, StatusCode::BAD_REQUEST, "{}", refused.body);
-    assert!(refused.body.contains("only dead, failed or expired runs"), "{}", refused.body);
+    assert!(
+        refused.body.contains("only dead, failed or expired runs"),
+        "{}",
+        refused.body
+    );
 }
 
 /// The console in Debian's headless Chromium (Playwright's `playwright-core` drives it):
@@ -466,7 +521,10 @@ async fn the_console_in_headless_chromium() {
         let (mut probe, ops) = (probe.clone(), ops.clone());
         async move {
             let csrf = probe.get("/ui/login").await.csrf();
-            probe.post("/ui/login", &[("token", &ops), ("csrf", &csrf)]).await.status
+            probe
+                .post("/ui/login", &[("token", &ops), ("csrf", &csrf)])
+                .await
+                .status
                 == StatusCode::SEE_OTHER
         }
     })
@@ -491,7 +549,14 @@ async fn the_console_in_headless_chromium() {
     let (output, _proxy) = output;
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "the browser test failed:\n{stdout}\n{stderr}");
+    assert!(
+        output.status.success(),
+        "the browser test failed:\n{stdout}\n{stderr}"
+    );
     assert!(stdout.contains("console ok"), "{stdout}\n{stderr}");
-    assert_eq!(receiver.delivery_count(), 2, "one failed delivery, one retried");
+    assert_eq!(
+        receiver.delivery_count(),
+        2,
+        "one failed delivery, one retried"
+    );
 }

@@ -2,6 +2,7 @@
 //! database and vhost) and on the embedded backend (each test on its own SQLite file); the
 //! contract tests run on both. One test binary, modules by subject.
 
+mod alerts;
 mod audit;
 mod auth;
 mod console;

@@ -668,7 +668,16 @@ async fn declare_as(
 
 async fn an_expired_job_is_reported_to_the_operator_and_counted(backend: Backend) {
     let operator = WebhookReceiver::start().await;
-    let proxy = spawn_proxy_with(backend, &["--expiry-webhook", &operator.url]).await;
+    let proxy = spawn_proxy_with(
+        backend,
+        &[
+            "--expiry-webhook",
+            &operator.url,
+            "--alert-group-wait",
+            "100ms",
+        ],
+    )
+    .await;
     let options = pb::BindingOptions {
         expires_after: "1m".into(),
         ..Default::default()

@@ -473,6 +473,15 @@ impl JobQueue for RabbitQueue {
         }))
     }
 
+    async fn outbox_size(&self) -> Result<Option<u64>, QueueError> {
+        let size = self
+            .outbox
+            .size()
+            .await
+            .map_err(|err| QueueError(format!("counting the outbox: {err}")))?;
+        Ok(Some(size.max(0) as u64))
+    }
+
     async fn stats(&self) -> Result<Vec<KindStats>, QueueError> {
         let channel = self.publisher.own_channel().await?;
         let mut stats = Vec::with_capacity(self.settings.kinds.len());

@@ -52,6 +52,13 @@ impl Outbox {
         Ok(())
     }
 
+    /// How many jobs it holds.
+    pub async fn size(&self) -> sqlx::Result<i64> {
+        sqlx::query_scalar("SELECT count(*) FROM outbox")
+            .fetch_one(&self.pool)
+            .await
+    }
+
     /// Publishes kept jobs until `shutdown`: when woken by [`Outbox::keep`], and every
     /// second; after a failed publish it waits with backoff.
     pub async fn relay(self, publisher: Arc<Publisher>, shutdown: CancellationToken) {

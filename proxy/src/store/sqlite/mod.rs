@@ -41,9 +41,9 @@ use self::{
 };
 use super::{
     ApiToken, AuditEntry, BINDING_COLUMNS, Binding, BindingRow, BindingStatusCount, ChangeFeed,
-    DeadRunGroup, MinuteCount, NewAuditEntry,
-    NewBinding, NewToken, RunFilter, RunRow, RunWrite, Schema, Store, StoreError, StoreResult,
-    TOKEN_COLUMNS, Take, TokenRow, check_schema, insert_audit_query, list_runs_query, take_run_sql,
+    DeadRunGroup, MinuteCount, NewAuditEntry, NewBinding, NewToken, RunFilter, RunRow, RunWrite,
+    Schema, Store, StoreError, StoreResult, TOKEN_COLUMNS, Take, TokenRow, check_schema,
+    insert_audit_query, list_runs_query, take_run_sql,
 };
 use crate::{
     job::Job,
@@ -649,7 +649,10 @@ impl Store for SqliteStore {
     }
 
     async fn runs_per_minute(&self, since: DateTime<Utc>) -> StoreResult<Vec<MinuteCount>> {
-        Ok(sqlx::query_as(MINUTE_SQL).bind(since).fetch_all(&self.db.readers).await?)
+        Ok(sqlx::query_as(MINUTE_SQL)
+            .bind(since)
+            .fetch_all(&self.db.readers)
+            .await?)
     }
 
     async fn ping(&self) -> StoreResult<()> {
