@@ -2,7 +2,8 @@
 //! logs on): binding created, listed and fetched, a delivery that fails into the dead
 //! letters, its replay, a delivery that succeeds, the run history and the queues. The secret
 //! must appear nowhere but where it is needed, the binding's stored config: not in a log
-//! line, a CLI or API answer, a run record, an attempt or a job.
+//! line, a CLI or API answer, a console page, a run record, an attempt or a job. The
+//! console's Overview shows the figures `postsub queues --json` prints.
 
 use std::process::Output;
 
@@ -40,11 +41,12 @@ async fn a_webhook_secret_is_found_nowhere_but_in_its_binding() {
     let secret = receiver.secret.clone();
     let key = secret.trim_start_matches("whsec_").to_owned();
     let grpc_addr = format!("127.0.0.1:{}", free_port());
+    let http_addr = format!("127.0.0.1:{}", free_port());
     let log_path = file.path.with_extension("dev.log");
     let env = [
         ("DATABASE_URL", file.url.as_str()),
         ("POSTSUB_GRPC_ADDR", grpc_addr.as_str()),
-        ("POSTSUB_HTTP_ADDR", "127.0.0.1:0"),
+        ("POSTSUB_HTTP_ADDR", http_addr.as_str()),
         ("RUST_LOG", "debug"),
     ];
     let mut dev = postsub(&["dev"], &env, &log_path);
@@ -156,6 +158,49 @@ async fn a_webhook_secret_is_found_nowhere_but_in_its_binding() {
         "the audit log has the binding"
     );
     seen += &said(&audit);
+
+    // Every console page (`dev` on loopback without tokens opens it directly).
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let console = |path: String| {
+        let url = format!("http://{http_addr}{path}");
+        async move {
+            let page = reqwest::get(&url).await.unwrap();
+            assert!(page.status().is_success(), "{url}: {}", page.status());
+            page.text().await.unwrap()
+        }
+    };
+    let queues: Value =
+        serde_json::from_slice(&cli(&server, &["queues", "--json"]).stdout).unwrap();
+    let overview = console("/ui".into()).await;
+    for queue in queues.as_array().unwrap() {
+        let row = format!(
+            "<td>{}</td><td class=\"n\">{}</td>",
+            queue["kind"].as_str().unwrap(),
+            queue["ready"]
+        );
+        assert!(overview.contains(&row), "{row} not in the Overview: {overview}");
+    }
+    seen += &overview;
+    let mut pages: Vec<String> = [
+        "/ui/live", "/ui/forms", "/ui/runs", "/ui/runs.csv", "/ui/dead", "/ui/bindings",
+        "/ui/audit",
+    ]
+    .map(String::from)
+    .into();
+    for run in serde_json::from_slice::<Value>(&runs.stdout)
+        .unwrap()
+        .as_array()
+        .unwrap()
+    {
+        pages.push(format!("/ui/runs/{}", run["run_id"].as_str().unwrap()));
+        pages.push(format!(
+            "/ui/submissions/{}",
+            run["submission_id"].as_str().unwrap()
+        ));
+    }
+    for path in pages {
+        seen += &console(path).await;
+    }
     assert!(terminate(&mut dev).await);
     seen += &std::fs::read_to_string(&log_path).unwrap();
 
