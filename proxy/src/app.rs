@@ -4,7 +4,7 @@
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
-use axum::{Json, Router, extract::State, http::StatusCode, routing::get};
+use axum::{Json, Router, extract::State, http::StatusCode, response::Redirect, routing::get};
 use postsub::pb::{
     FILE_DESCRIPTOR_SET, post_submission_server::PostSubmissionServer,
     task_admin_server::TaskAdminServer,
@@ -381,7 +381,9 @@ impl Proxy {
                 TcpIncoming::from(self.grpc).with_nodelay(Some(true)),
                 shutdown.clone().cancelled_owned(),
             );
-        let routes = health_routes(self.store).nest("/ui", console.routes());
+        let routes = health_routes(self.store)
+            .nest("/ui", console.routes())
+            .route("/ui/", get(|| async { Redirect::permanent("/ui") }));
         let http = axum::serve(self.http, routes)
             .with_graceful_shutdown(shutdown.clone().cancelled_owned());
         // The relay stops with the servers; what it has not published stays in the outbox

@@ -182,7 +182,8 @@ async fn dev(settings: DevSettings) -> anyhow::Result<()> {
     tracing::info!("backend: {}", settings.backend()?.describe());
     let targets = settings.targets.dev_policy();
     let stack = DevStack::start(&settings, registry(targets), shutdown_signal()).await?;
-    tracing::info!(grpc = %stack.grpc_addr(), http = %stack.http_addr(), "listening");
+    tracing::info!(grpc = %stack.grpc_addr(), http = %stack.http_addr(),
+        console = %format!("http://{}/ui", stack.http_addr()), "listening");
     stack.wait().await
 }
 
@@ -193,7 +194,8 @@ fn registry(targets: TargetPolicy) -> Registry {
 }
 
 fn announce(proxy: &Proxy) {
-    tracing::info!(grpc = %proxy.grpc_addr(), http = %proxy.http_addr(), "listening");
+    tracing::info!(grpc = %proxy.grpc_addr(), http = %proxy.http_addr(),
+        console = %format!("http://{}/ui", proxy.http_addr()), "listening");
 }
 
 /// Cancelled on Ctrl-C or SIGTERM.

@@ -178,11 +178,19 @@ async fn a_webhook_secret_is_found_nowhere_but_in_its_binding() {
             queue["kind"].as_str().unwrap(),
             queue["ready"]
         );
-        assert!(overview.contains(&row), "{row} not in the Overview: {overview}");
+        assert!(
+            overview.contains(&row),
+            "{row} not in the Overview: {overview}"
+        );
     }
     seen += &overview;
     let mut pages: Vec<String> = [
-        "/ui/live", "/ui/forms", "/ui/runs", "/ui/runs.csv", "/ui/dead", "/ui/bindings",
+        "/ui/live",
+        "/ui/forms",
+        "/ui/runs",
+        "/ui/runs.csv",
+        "/ui/dead",
+        "/ui/bindings",
         "/ui/audit",
     ]
     .map(String::from)

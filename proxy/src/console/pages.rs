@@ -721,11 +721,10 @@ async fn run_detail(
                 status: a.status.as_str().to_owned(),
                 error: a.error.unwrap_or_default(),
                 started: time(&a.started_at),
-                took: format!(
-                    "{:?}",
+                took: view::took(
                     (a.finished_at - a.started_at)
                         .to_std()
-                        .unwrap_or(Duration::ZERO)
+                        .unwrap_or(Duration::ZERO),
                 ),
             })
             .collect(),

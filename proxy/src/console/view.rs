@@ -42,6 +42,16 @@ pub(super) fn age(seconds: u64) -> String {
     }
 }
 
+/// How long something took: `41 µs`, `6.6 ms`, `2.35 s`.
+pub(super) fn took(duration: std::time::Duration) -> String {
+    let micros = duration.as_micros();
+    match micros {
+        m if m < 1000 => format!("{m} µs"),
+        m if m < 1_000_000 => format!("{:.1} ms", m as f64 / 1000.0),
+        m => format!("{:.2} s", m as f64 / 1_000_000.0),
+    }
+}
+
 /// Pretty JSON.
 pub(super) fn pretty(value: &Value) -> String {
     serde_json::to_string_pretty(value).unwrap_or_else(|_| value.to_string())

@@ -324,7 +324,7 @@ async fn the_console_shows_a_dead_run_and_an_admin_retries_its_group(backend: Ba
         "HTTP+5xx+%28server+error%29"
     );
     let confirm = operator.page(&confirm_link).await;
-    assert!(confirm.contains("Retry 1 dead runs?"), "{confirm}");
+    assert!(confirm.contains("Retry 1 dead run?"), "{confirm}");
     assert!(
         confirm.contains("postsub runs list --binding"),
         "the CLI equivalent: {confirm}"
@@ -354,7 +354,7 @@ async fn the_console_shows_a_dead_run_and_an_admin_retries_its_group(backend: Ba
     ];
     let retried = operator.post("/ui/dead/retry", &good).await;
     assert_eq!(retried.status, StatusCode::OK, "{}", retried.body);
-    assert!(retried.body.contains("Retried 1 runs"), "{}", retried.body);
+    assert!(retried.body.contains("Retried 1 run<"), "{}", retried.body);
     let again = operator.post("/ui/dead/retry", &good).await;
     assert!(again.body.contains("Retried 0 runs"), "{}", again.body);
     let found = format!("/ui/runs?status=succeeded&submission={submission}&kind=webhook");
@@ -452,6 +452,7 @@ async fn console_pages_refuse_bad_filters_and_strangers(backend: Backend) {
         browser.get("/ui/no-such-page").await.status,
         StatusCode::NOT_FOUND
     );
+    assert_eq!(browser.get("/ui/").await.location.as_deref(), Some("/ui"));
     // Retrying a run that is not dead is refused with the reason.
     let form = Uuid::new_v4();
     proxy

@@ -65,11 +65,11 @@ try {
   check((await retryAll.count()) === 1, "Dead letters offers to retry the group of one");
   await shot(admin, "06-dead-letters");
   await retryAll.click();
-  check((await admin.getByText("Retry 1 dead runs?").count()) === 1, "the confirmation says how many");
+  check((await admin.getByText("Retry 1 dead run?").count()) === 1, "the confirmation says how many");
   check((await admin.getByText("postsub runs list --binding").count()) === 1, "and the CLI that does it");
   await shot(admin, "07-confirm");
-  await admin.click("button:has-text('Retry 1 runs')");
-  check((await admin.getByText("Retried 1 runs").count()) === 1, "the group was retried");
+  await admin.click("button:has-text('Retry 1 run')");
+  check((await admin.getByText("Retried 1 run", { exact: true }).count()) === 1, "the group was retried");
   await shot(admin, "08-retried");
 
   // The Runs filter by status and submission id finds it, succeeded.
