@@ -189,3 +189,42 @@ fn an_alert_webhook_without_a_secret_is_refused() {
     };
     assert!(err.to_string().contains("POSTSUB_ALERT_SECRET"), "{err}");
 }
+
+/// The Grafana dashboard and the Prometheus rules under `deploy/` ask only for metrics the
+/// proxy and worker export.
+#[test]
+fn the_dashboard_and_the_alert_rules_name_only_exported_metrics() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut source = String::new();
+    let mut dirs = vec![root.join("proxy/src")];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                source += &std::fs::read_to_string(path).unwrap();
+            }
+        }
+    }
+    let name = regex::Regex::new(r"postsub_[a-z_]+").unwrap();
+    for file in [
+        "deploy/grafana/postsub-dashboard.json",
+        "deploy/prometheus/postsub-alerts.yml",
+    ] {
+        let text = std::fs::read_to_string(root.join(file)).unwrap();
+        let mut names: Vec<&str> = name.find_iter(&text).map(|m| m.as_str()).collect();
+        names.dedup();
+        assert!(names.len() > 5, "{file} names metrics");
+        for metric in names {
+            let base = ["_bucket", "_count", "_sum"]
+                .iter()
+                .find_map(|suffix| metric.strip_suffix(suffix))
+                .unwrap_or(metric);
+            assert!(
+                source.contains(&format!("\"{base}\"")),
+                "{file} asks for `{metric}`, which postsub does not export"
+            );
+        }
+    }
+}
