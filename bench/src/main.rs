@@ -14,12 +14,14 @@
 //! (9, 10) the whole system, PostgreSQL + RabbitMQ then embedded, with the proxy and the worker
 //! in processes of their own: `Process` at full load, at half of it and at 250/s with the
 //! worker draining at the same time, and the worker's drain of a 20,000-job backlog, with
-//! the CPU per submission of each process (see `system`).
+//! the CPU per submission of each process (see `system`); (11, 12) the console's pages over
+//! a history of 1,000,000 runs, on each backend (see `console`).
 //!
 //! Everything runs in this process on loopback; each row's load is a fixed number of
 //! callers for a fixed time (closed loop), except rows 3b and 4b, which send at a fixed rate
 //! (open loop) to measure latency at a given load.
 
+mod console;
 mod load;
 mod scenarios;
 mod system;
@@ -54,6 +56,9 @@ struct Args {
     /// Run only the whole-system rows (9 and 10).
     #[arg(long)]
     system_only: bool,
+    /// Run only the console rows (11 and 12).
+    #[arg(long)]
+    console_only: bool,
     /// Concurrent callers of the whole-system rows' full load.
     #[arg(long, default_value_t = 64)]
     system_callers: usize,
@@ -98,7 +103,7 @@ async fn main() -> anyhow::Result<()> {
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
     // Interrupted, the run is dropped, and with it its database and vhost.
-    let (report, system) = tokio::select! {
+    let (report, system, console) = tokio::select! {
         report = run(&args) => report?,
         () = interrupted() => {
             eprintln!("interrupted: removing the benchmark's database and vhost");
@@ -107,11 +112,21 @@ async fn main() -> anyhow::Result<()> {
     };
     print_table(&report);
     system::print_system_table(&system);
+    console::print_console_table(&console);
     Ok(())
 }
 
-/// The rows the flags ask for: the per-part table's, then the whole-system rows.
-async fn run(args: &Args) -> anyhow::Result<(Report, Vec<system::SystemRow>)> {
+/// The rows the flags ask for: the per-part table's, the whole-system rows, the console's.
+async fn run(
+    args: &Args,
+) -> anyhow::Result<(Report, Vec<system::SystemRow>, Vec<console::PageRow>)> {
+    if args.console_only {
+        let report = Report {
+            rows: Vec::new(),
+            notes: Vec::new(),
+        };
+        return Ok((report, Vec::new(), console::run_console().await?));
+    }
     let report = if args.system_only {
         Report {
             rows: Vec::new(),
@@ -125,7 +140,12 @@ async fn run(args: &Args) -> anyhow::Result<(Report, Vec<system::SystemRow>)> {
     } else {
         system::run_system(args).await?
     };
-    Ok((report, system))
+    let console = if args.embedded_only || args.system_only {
+        Vec::new()
+    } else {
+        console::run_console().await?
+    };
+    Ok((report, system, console))
 }
 
 fn init_logs() {

@@ -283,12 +283,17 @@ fn queue_error(err: QueueError) -> Status {
 /// Where a page of runs ended. The time keeps every digit the store holds (SQLite keeps
 /// nanoseconds): a rounded one would skip the runs created within the dropped digits.
 pub(crate) fn page_token(run: &Run) -> String {
-    let at = run.created_at;
+    page_key(run.created_at, run.run_id)
+}
+
+/// The page token of `ListRuns` (and the console's `after`) for a page that starts after
+/// the run created at `at` with id `run_id`.
+pub fn page_key(at: DateTime<Utc>, run_id: Uuid) -> String {
     format!(
         "{}.{:09}_{}",
         at.timestamp(),
         at.timestamp_subsec_nanos(),
-        run.run_id
+        run_id
     )
 }
 
