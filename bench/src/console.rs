@@ -30,6 +30,15 @@ const REQUESTS: usize = 30;
 /// Requests per page before measuring.
 const WARM_UP: usize = 3;
 
+/// The CSV export of every run: how long, how big, how much memory it took.
+pub struct CsvExport {
+    backend: &'static str,
+    lines: usize,
+    bytes: usize,
+    took: Duration,
+    rss_growth: u64,
+}
+
 /// One page's latencies.
 pub struct PageRow {
     backend: &'static str,
@@ -39,23 +48,56 @@ pub struct PageRow {
     bytes: usize,
 }
 
+/// What rows 11 and 12 measured: each page, and the CSV export of each backend.
+pub type Rows = (Vec<PageRow>, Vec<CsvExport>);
+
 /// The rows of both backends.
-pub async fn run_console() -> anyhow::Result<Vec<PageRow>> {
-    let mut rows = Vec::new();
+pub async fn run_console() -> anyhow::Result<Rows> {
+    let (mut rows, mut exports) = (Vec::new(), Vec::new());
     let db = TestDatabase::create("bench_console").await;
     let broker = TestBroker::create();
     let settings = DevSettings::isolated(&db.url, &broker.url, &broker.prefix, &[])?;
-    rows.extend(measure("PostgreSQL", &settings).await?);
+    let (pages, export) = measure("PostgreSQL", &settings).await?;
+    rows.extend(pages);
+    exports.push(export);
     let file = TestSqlite::create("bench_console");
     let settings = DevSettings::embedded(&file.url, &[])?;
-    rows.extend(measure("embedded", &settings).await?);
-    Ok(rows)
+    let (pages, export) = measure("embedded", &settings).await?;
+    rows.extend(pages);
+    exports.push(export);
+    Ok((rows, exports))
+}
+
+/// Streams `/ui/runs.csv` (every run), sampling this process's RSS (the proxy runs in it)
+/// as the chunks come.
+async fn export_csv(
+    client: &reqwest::Client,
+    base: &str,
+    backend: &'static str,
+) -> anyhow::Result<CsvExport> {
+    let before = crate::usage::rss();
+    let started = Instant::now();
+    let mut response = client.get(format!("{base}/ui/runs.csv")).send().await?;
+    anyhow::ensure!(response.status().is_success(), "{}", response.status());
+    let (mut bytes, mut lines, mut peak) = (0, 0, before);
+    while let Some(chunk) = response.chunk().await? {
+        bytes += chunk.len();
+        lines += chunk.iter().filter(|&&b| b == b'\n').count();
+        peak = peak.max(crate::usage::rss());
+    }
+    Ok(CsvExport {
+        backend,
+        lines,
+        bytes,
+        took: started.elapsed(),
+        rss_growth: peak.saturating_sub(before),
+    })
 }
 
 async fn measure(
     backend_name: &'static str,
     settings: &DevSettings,
-) -> anyhow::Result<Vec<PageRow>> {
+) -> anyhow::Result<(Vec<PageRow>, CsvExport)> {
     let backend = settings.backend()?;
     backend.database.migrate().await?;
     let started = Instant::now();
@@ -130,10 +172,11 @@ async fn measure(
             bytes,
         });
     }
+    let export = export_csv(&client, &base, backend_name).await?;
     stop.cancel();
     running.await??;
     services.stop().await;
-    Ok(rows)
+    Ok((rows, export))
 }
 
 async fn first_binding(services: &Services) -> anyhow::Result<(Uuid, Uuid)> {
@@ -270,7 +313,7 @@ async fn fill_sqlite(url: &str) -> anyhow::Result<String> {
 }
 
 /// Prints rows 11 and 12.
-pub fn print_console_table(rows: &[PageRow]) {
+pub fn print_console_table((rows, exports): &Rows) {
     if rows.is_empty() {
         return;
     }
@@ -292,6 +335,16 @@ pub fn print_console_table(rows: &[PageRow]) {
             row.median.as_secs_f64() * 1000.0,
             row.p90.as_secs_f64() * 1000.0,
             row.bytes as f64 / 1024.0
+        );
+    }
+    for export in exports {
+        println!(
+            "{}: /ui/runs.csv, every run: {} lines, {:.1} MiB in {:.1} s; RSS grew {:.1} MiB while it streamed",
+            export.backend,
+            export.lines,
+            export.bytes as f64 / (1024.0 * 1024.0),
+            export.took.as_secs_f64(),
+            export.rss_growth as f64 / (1024.0 * 1024.0)
         );
     }
 }

@@ -117,9 +117,7 @@ async fn main() -> anyhow::Result<()> {
 }
 
 /// The rows the flags ask for: the per-part table's, the whole-system rows, the console's.
-async fn run(
-    args: &Args,
-) -> anyhow::Result<(Report, Vec<system::SystemRow>, Vec<console::PageRow>)> {
+async fn run(args: &Args) -> anyhow::Result<(Report, Vec<system::SystemRow>, console::Rows)> {
     if args.console_only {
         let report = Report {
             rows: Vec::new(),
@@ -141,7 +139,7 @@ async fn run(
         system::run_system(args).await?
     };
     let console = if args.embedded_only || args.system_only {
-        Vec::new()
+        Default::default()
     } else {
         console::run_console().await?
     };

@@ -11,7 +11,7 @@ use axum::{
     http::header,
     response::{IntoResponse, Response},
 };
-use chrono::{DateTime, NaiveDateTime, Utc};
+use chrono::{DateTime, DurationRound as _, NaiveDateTime, Utc};
 use serde::Deserialize;
 use uuid::Uuid;
 
@@ -34,6 +34,9 @@ const CSV_CHUNK: i64 = 1000;
 const AUDIT_PAGE: i64 = 50;
 /// Groups of dead runs read at most.
 const DEAD_GROUPS: i64 = 1000;
+/// Errors the Forms page reads at most to find each binding's last one (a storm of one
+/// binding's errors can hide another's older one past this many).
+const RECENT_ERRORS: i64 = 10_000;
 /// The Overview chart's width in minutes.
 const CHART_MINUTES: i64 = 60;
 
@@ -104,6 +107,8 @@ struct Bar {
 struct OverviewLive {
     queues: Vec<QueueRow>,
     queue_error: Option<String>,
+    /// Jobs in RabbitMQ's outbox; `None` on the embedded backend, which has none.
+    outbox: Option<u64>,
     bars: Vec<Bar>,
     chart_max: i64,
     totals: Vec<(String, i64)>,
@@ -125,18 +130,20 @@ async fn overview_live_part(console: &Console) -> Result<OverviewLive, PageError
             Some(format!("the job queue did not answer: {err}")),
         ),
     };
+    let outbox = console
+        .inner
+        .queue
+        .outbox_size()
+        .await
+        .unwrap_or_else(|err| {
+            tracing::debug!(error = %err, "console: the outbox size is unavailable");
+            None
+        });
     let now = Utc::now();
-    let since = now - chrono::Duration::minutes(CHART_MINUTES - 1);
-    let since = since
-        .with_timezone(&Utc)
-        .date_naive()
-        .and_hms_opt(
-            chrono::Timelike::hour(&since),
-            chrono::Timelike::minute(&since),
-            0,
-        )
-        .expect("a valid time")
-        .and_utc();
+    // The chart's first minute, whole.
+    let since = (now - chrono::Duration::minutes(CHART_MINUTES - 1))
+        .duration_trunc(chrono::Duration::minutes(1))
+        .expect("a minute divides any time");
     let counts = console
         .inner
         .store
@@ -194,6 +201,7 @@ async fn overview_live_part(console: &Console) -> Result<OverviewLive, PageError
     Ok(OverviewLive {
         queues,
         queue_error,
+        outbox,
         bars,
         chart_max,
         totals,
@@ -259,8 +267,23 @@ pub(super) async fn forms(
         .all_bindings()
         .await
         .map_err(|err| PageError::unavailable("reading bindings", err))?;
-    let recent = store.runs_by_binding(since).await.map_err(unavailable)?;
-    let unfinished = store.unfinished_by_binding().await.map_err(unavailable)?;
+    // Three independent reads, at once: the page waits for the slowest, not the sum.
+    let (recent, unfinished, errors) = tokio::join!(
+        store.runs_by_binding(since),
+        store.unfinished_by_binding(),
+        store.recent_errors(since, RECENT_ERRORS),
+    );
+    let (recent, unfinished) = (
+        recent.map_err(unavailable)?,
+        unfinished.map_err(unavailable)?,
+    );
+    // Newest first: the first error of a binding is its last.
+    let mut last_errors: HashMap<Uuid, String> = HashMap::new();
+    for error in errors.map_err(unavailable)? {
+        last_errors
+            .entry(error.binding_id)
+            .or_insert_with(|| format!("{}: {}", time(&error.created_at), error.error));
+    }
     let mut forms: Vec<FormRows> = Vec::new();
     for binding in bindings {
         let of = |counts: &[crate::store::BindingStatusCount], statuses: &[&str]| -> i64 {
@@ -283,12 +306,7 @@ pub(super) async fn forms(
         );
         let succeeded = of(&recent, &["succeeded"]);
         let finished = of(&recent, &["succeeded", "failed", "dead", "expired"]);
-        let last_error = store
-            .last_error(binding.id, since)
-            .await
-            .map_err(unavailable)?
-            .map(|(error, at)| format!("{}: {error}", time(&at)))
-            .unwrap_or_default();
+        let last_error = last_errors.remove(&binding.id).unwrap_or_default();
         let failed_status = if binding.mode == postsub_tasks::Mode::Sync {
             "failed"
         } else {

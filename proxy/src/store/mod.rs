@@ -146,6 +146,17 @@ pub struct BindingStatusCount {
     pub count: i64,
 }
 
+/// A run's error, for the console's Forms page.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct RecentError {
+    /// The run's binding.
+    pub binding_id: Uuid,
+    /// The error.
+    pub error: String,
+    /// When the run was created.
+    pub created_at: DateTime<Utc>,
+}
+
 /// Dead runs of one binding that failed with one error (the console's Dead letters page).
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct DeadRunGroup {
@@ -308,13 +319,13 @@ pub trait Store: TaskState + Send + Sync {
     /// Runs of any age still `queued`, `running` or `dead`, counted per binding and status.
     async fn unfinished_by_binding(&self) -> StoreResult<Vec<BindingStatusCount>>;
 
-    /// The error of a binding's newest run created at or after `since` that has one, with
-    /// when that run was created.
-    async fn last_error(
+    /// Errors of runs created at or after `since` that failed, died, expired or wait for a
+    /// retry, newest first, at most `limit`: each binding's last error, in one statement.
+    async fn recent_errors(
         &self,
-        binding_id: Uuid,
         since: DateTime<Utc>,
-    ) -> StoreResult<Option<(String, DateTime<Utc>)>>;
+        limit: i64,
+    ) -> StoreResult<Vec<RecentError>>;
 
     /// Dead runs counted per binding and error, largest groups first, at most `limit`.
     async fn dead_run_groups(&self, limit: i64) -> StoreResult<Vec<DeadRunGroup>>;
@@ -490,19 +501,21 @@ macro_rules! shared_reads {
             .await
         }
 
-        async fn read_last_error(
+        async fn read_recent_errors(
             pool: &$pool,
-            binding_id: uuid::Uuid,
             since: chrono::DateTime<chrono::Utc>,
-        ) -> sqlx::Result<Option<(String, chrono::DateTime<chrono::Utc>)>> {
+            limit: i64,
+        ) -> sqlx::Result<Vec<$crate::store::RecentError>> {
+            // By status first, so both databases search the status index.
             sqlx::query_as(
-                "SELECT error, created_at FROM task_runs
-                 WHERE binding_id = $1 AND created_at >= $2 AND error IS NOT NULL
-                 ORDER BY created_at DESC LIMIT 1",
+                "SELECT binding_id, error, created_at FROM task_runs
+                 WHERE status IN ('queued', 'failed', 'dead', 'expired') AND created_at >= $1
+                    AND error IS NOT NULL
+                 ORDER BY created_at DESC LIMIT $2",
             )
-            .bind(binding_id)
             .bind(since)
-            .fetch_optional(pool)
+            .bind(limit)
+            .fetch_all(pool)
             .await
         }
 

@@ -24,8 +24,8 @@ use uuid::Uuid;
 
 use super::{
     ApiToken, AuditEntry, BINDING_COLUMNS, Binding, BindingRow, BindingStatusCount, ChangeFeed,
-    DeadRunGroup, MinuteCount, NewAuditEntry, NewBinding, NewToken, RunFilter, RunRow, RunWrite,
-    Store, StoreResult, TOKEN_COLUMNS, Take, TokenRow, check_schema, insert_audit_query,
+    DeadRunGroup, MinuteCount, NewAuditEntry, NewBinding, NewToken, RecentError, RunFilter, RunRow,
+    RunWrite, Store, StoreResult, TOKEN_COLUMNS, Take, TokenRow, check_schema, insert_audit_query,
     list_runs_query, take_run_sql,
 };
 use crate::{
@@ -526,12 +526,12 @@ impl Store for PgStore {
         Ok(read_unfinished_by_binding(&self.pool).await?)
     }
 
-    async fn last_error(
+    async fn recent_errors(
         &self,
-        binding_id: Uuid,
         since: DateTime<Utc>,
-    ) -> StoreResult<Option<(String, DateTime<Utc>)>> {
-        Ok(read_last_error(&self.pool, binding_id, since).await?)
+        limit: i64,
+    ) -> StoreResult<Vec<RecentError>> {
+        Ok(read_recent_errors(&self.pool, since, limit).await?)
     }
 
     async fn dead_run_groups(&self, limit: i64) -> StoreResult<Vec<DeadRunGroup>> {

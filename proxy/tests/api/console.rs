@@ -453,6 +453,12 @@ async fn console_pages_refuse_bad_filters_and_strangers(backend: Backend) {
         StatusCode::NOT_FOUND
     );
     assert_eq!(browser.get("/ui/").await.location.as_deref(), Some("/ui"));
+    for asset in ["/ui/assets/console.css", "/ui/assets/console.js"] {
+        assert!(!browser.page(asset).await.is_empty(), "{asset}");
+    }
+    if backend == Backend::Postgres {
+        assert!(overview.contains("Outbox: 0 jobs"), "{overview}");
+    }
     // Retrying a run that is not dead is refused with the reason.
     let form = Uuid::new_v4();
     proxy

@@ -41,8 +41,8 @@ use self::{
 };
 use super::{
     ApiToken, AuditEntry, BINDING_COLUMNS, Binding, BindingRow, BindingStatusCount, ChangeFeed,
-    DeadRunGroup, MinuteCount, NewAuditEntry, NewBinding, NewToken, RunFilter, RunRow, RunWrite,
-    Schema, Store, StoreError, StoreResult, TOKEN_COLUMNS, Take, TokenRow, check_schema,
+    DeadRunGroup, MinuteCount, NewAuditEntry, NewBinding, NewToken, RecentError, RunFilter, RunRow,
+    RunWrite, Schema, Store, StoreError, StoreResult, TOKEN_COLUMNS, Take, TokenRow, check_schema,
     insert_audit_query, list_runs_query, take_run_sql,
 };
 use crate::{
@@ -636,12 +636,12 @@ impl Store for SqliteStore {
         Ok(read_unfinished_by_binding(&self.db.readers).await?)
     }
 
-    async fn last_error(
+    async fn recent_errors(
         &self,
-        binding_id: Uuid,
         since: DateTime<Utc>,
-    ) -> StoreResult<Option<(String, DateTime<Utc>)>> {
-        Ok(read_last_error(&self.db.readers, binding_id, since).await?)
+        limit: i64,
+    ) -> StoreResult<Vec<RecentError>> {
+        Ok(read_recent_errors(&self.db.readers, since, limit).await?)
     }
 
     async fn dead_run_groups(&self, limit: i64) -> StoreResult<Vec<DeadRunGroup>> {
