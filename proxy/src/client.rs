@@ -203,6 +203,20 @@ pub enum RunsCommand {
         /// Run id.
         run_id: String,
     },
+    /// Retry every dead run of a binding (of one cause, as the console's Dead letters page
+    /// groups them); says how many first and, at a terminal, asks.
+    RetryDead {
+        /// The binding.
+        #[arg(long)]
+        binding: String,
+        /// Only runs that died of this, e.g. `HTTP 5xx (server error)`, `HTTP 429 (rate
+        /// limit or quota)`, `connection refused`, `timed out`.
+        #[arg(long)]
+        cause: Option<String>,
+        /// Do not ask.
+        #[arg(long)]
+        yes: bool,
+    },
 }
 
 /// `postsub dlq …`
@@ -627,8 +641,98 @@ pub async fn runs(server: &ServerArgs, command: RunsCommand) -> anyhow::Result<(
                 .map_err(status_error)?;
             print_json(&run_json(run.into_inner()));
         }
+        RunsCommand::RetryDead {
+            binding,
+            cause,
+            yes,
+        } => retry_dead(server, binding, cause, yes).await?,
     }
     Ok(())
+}
+
+/// `postsub runs retry-dead`: every dead run of `binding` (of `cause`), one `RetryRun`
+/// each; a run no longer dead when its turn comes is skipped.
+async fn retry_dead(
+    server: &ServerArgs,
+    binding: String,
+    cause: Option<String>,
+    yes: bool,
+) -> anyhow::Result<()> {
+    let mut client = connect(server).await?;
+    let mut runs = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let page = client
+            .list_runs(pb::ListRunsRequest {
+                binding_id: binding.clone(),
+                status: pb::RunStatus::Dead.into(),
+                page_size: 1000,
+                page_token,
+                ..Default::default()
+            })
+            .await
+            .map_err(status_error)?
+            .into_inner();
+        runs.extend(
+            page.runs
+                .into_iter()
+                .filter(|run| {
+                    let error = (!run.error.is_empty()).then_some(run.error.as_str());
+                    cause
+                        .as_deref()
+                        .is_none_or(|cause| crate::run::error_cause(error) == cause)
+                })
+                .map(|run| run.run_id),
+        );
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        page_token = page.next_page_token;
+    }
+    let of_cause = cause.map_or_else(String::new, |cause| format!(" that died of {cause}"));
+    eprintln!(
+        "{} dead runs of binding {binding}{of_cause} at {}",
+        runs.len(),
+        server.server
+    );
+    if !runs.is_empty() && !confirmed(yes, &format!("Retry {} runs?", runs.len()))? {
+        return Err(anyhow!("nothing retried (--yes skips this question)"));
+    }
+    let (mut retried, mut skipped, mut failed) = (0, 0, Vec::new());
+    for run_id in runs {
+        match client
+            .retry_run(pb::RetryRunRequest {
+                run_id: run_id.clone(),
+            })
+            .await
+        {
+            Ok(_) => retried += 1,
+            Err(status) if status.code() == tonic::Code::FailedPrecondition => skipped += 1,
+            Err(status) => failed.push(format!("{run_id}: {}", status.message())),
+        }
+    }
+    print_json(&json!({"retried": retried, "skipped": skipped, "failed": failed}));
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        Err(anyhow!("{} runs could not be retried", failed.len()))
+    }
+}
+
+/// Whether to go on: `yes`, or stdin is not a terminal, or the person at it says so.
+fn confirmed(yes: bool, question: &str) -> anyhow::Result<bool> {
+    if yes || !std::io::stdin().is_terminal() {
+        return Ok(true);
+    }
+    eprint!("{question} [y/N] ");
+    let mut answer = String::new();
+    std::io::stdin()
+        .read_line(&mut answer)
+        .context("reading the answer")?;
+    Ok(matches!(
+        answer.trim().to_ascii_lowercase().as_str(),
+        "y" | "yes"
+    ))
 }
 
 /// Runs a `postsub audit` command.
@@ -724,19 +828,12 @@ async fn confirm_replay_of_everything(
         "replaying the dead letters of every kind and form at {server}: {}",
         counts.join(", ")
     );
-    if yes || !std::io::stdin().is_terminal() {
-        return Ok(());
-    }
-    eprint!("Replay them all? [y/N] ");
-    let mut answer = String::new();
-    std::io::stdin()
-        .read_line(&mut answer)
-        .context("reading the answer")?;
-    match answer.trim().to_ascii_lowercase().as_str() {
-        "y" | "yes" => Ok(()),
-        _ => Err(anyhow!(
+    if confirmed(yes, "Replay them all?")? {
+        Ok(())
+    } else {
+        Err(anyhow!(
             "nothing replayed (--kind or --form narrow the replay; --yes skips this question)"
-        )),
+        ))
     }
 }
 

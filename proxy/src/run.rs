@@ -1,10 +1,11 @@
 //! Runs: one record per (submission, binding), how its id is derived, and its attempts.
 
-use std::{fmt, str::FromStr};
+use std::{fmt, str::FromStr, sync::LazyLock};
 
 use chrono::{DateTime, Utc};
 use postsub::pb;
 use postsub_tasks::{Flag, Mode, Submission};
+use regex::Regex;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use uuid::Uuid;
@@ -325,9 +326,73 @@ impl Attempt {
     }
 }
 
+/// What a run died of, for grouping dead runs (the console's Dead letters, `postsub runs
+/// retry-dead --cause`): the HTTP status class the destination answered, or the kind of
+/// failure when it did not answer.
+pub fn error_cause(error: Option<&str>) -> String {
+    static ANSWERED: LazyLock<Regex> =
+        LazyLock::new(|| Regex::new(r"answered (\d{3})").expect("valid regex"));
+    let Some(error) = error else {
+        return "no error recorded".to_owned();
+    };
+    if let Some(code) = ANSWERED
+        .captures(error)
+        .and_then(|c| c[1].parse::<u16>().ok())
+    {
+        return match code {
+            429 => "HTTP 429 (rate limit or quota)".to_owned(),
+            401 => "HTTP 401 (credentials refused)".to_owned(),
+            403 => "HTTP 403 (permission)".to_owned(),
+            404 => "HTTP 404 (not found)".to_owned(),
+            500..=599 => "HTTP 5xx (server error)".to_owned(),
+            code => format!("HTTP {code}"),
+        };
+    }
+    let lower = error.to_ascii_lowercase();
+    let kind = if lower.contains("connection refused") {
+        "connection refused"
+    } else if lower.contains("timed out") || lower.contains("timeout") {
+        "timed out"
+    } else if lower.contains("dns error") || lower.contains("failed to lookup") {
+        "name not resolved"
+    } else if lower.contains(" refused: ") {
+        "target refused (outbound checks)"
+    } else if lower.contains("certificate") || lower.contains("tls") {
+        "TLS"
+    } else if lower.contains("panicked") {
+        "task panicked"
+    } else if lower.contains("unknown task kind") || lower.contains("no binding") {
+        "binding or kind gone"
+    } else {
+        "other"
+    };
+    kind.to_owned()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dead_runs_are_grouped_by_what_the_destination_answered() {
+        let cause = |e: &str| error_cause(Some(e));
+        assert_eq!(
+            cause("POST http://x/h answered 503 Service Unavailable: down"),
+            "HTTP 5xx (server error)"
+        );
+        assert_eq!(
+            cause("appending rows: Google answered 429: quota"),
+            "HTTP 429 (rate limit or quota)"
+        );
+        assert_eq!(
+            cause(
+                "POST http://127.0.0.1:1/h failed: error sending request: Connection refused (os error 111)"
+            ),
+            "connection refused"
+        );
+        assert_eq!(cause("timed out after 30s"), "timed out");
+        assert_eq!(cause("something else"), "other");
+    }
 
     #[test]
     fn statuses_parse_from_their_names() {

@@ -1,7 +1,7 @@
 //! A webhook's secret, followed through the whole path with the real `postsub dev` (debug
 //! logs on): binding created, listed and fetched, a delivery that fails into the dead
-//! letters, its replay, a delivery that succeeds, the run history and the queues. The secret
-//! must appear nowhere but where it is needed, the binding's stored config: not in a log
+//! letters, its retry (`runs retry-dead`) and replay, a delivery that succeeds, the run
+//! history and the queues. The secret must appear nowhere but where it is needed, the binding's stored config: not in a log
 //! line, a CLI or API answer, a console page, a run record, an attempt or a job. The
 //! console's Overview shows the figures `postsub queues --json` prints.
 
@@ -117,6 +117,27 @@ async fn a_webhook_secret_is_found_nowhere_but_in_its_binding() {
     };
     seen += &said(&dead);
     seen += &said(&cli(&server, &["queues", "--json"]));
+    // The console's "Retry all" of the dead group, from the command line.
+    let retried = cli(
+        &server,
+        &[
+            "runs",
+            "retry-dead",
+            "--binding",
+            &id,
+            "--cause",
+            "HTTP 5xx (server error)",
+        ],
+    );
+    let answer: Value = serde_json::from_slice(&retried.stdout).unwrap();
+    assert_eq!(answer, json!({"retried": 1, "skipped": 0, "failed": []}));
+    assert!(
+        said(&retried).contains("1 dead runs of binding"),
+        "{}",
+        said(&retried)
+    );
+    seen += &said(&retried);
+    // Its dead letter is dropped by the replay: the run is no longer dead.
     seen += &said(&cli(&server, &["dlq", "replay"]));
     submit(2).await;
     let runs = loop {

@@ -14,7 +14,7 @@ use serde::Deserialize;
 use serde_json::json;
 use uuid::Uuid;
 
-use super::{Console, PageError, Refusal, Viewer, render, session::CsrfForm, view};
+use super::{Console, PageError, Refusal, Viewer, render, session::CsrfForm};
 use crate::{
     requeue::{self, RequeueError},
     run::RunStatus,
@@ -95,7 +95,7 @@ async fn group_runs(
             .map_err(|err| PageError::unavailable("listing dead runs", err))?;
         runs.extend(
             page.iter()
-                .filter(|run| view::cause(run.error.as_deref()) == cause)
+                .filter(|run| crate::run::error_cause(run.error.as_deref()) == cause)
                 .map(|run| run.run_id),
         );
         match page.last() {
@@ -135,10 +135,9 @@ pub(super) async fn confirm_retry_group(
         .await
         .map_err(|err| PageError::unavailable("reading the binding", err))?
         .map_or_else(|| "(deleted binding)".to_owned(), |b| b.name);
-    let count = runs.len();
     let command = format!(
-        "postsub runs list --binding {binding_id} --status dead --limit {count} --json \\\n  | jq -r '.[].run_id' \
-         | xargs -n1 postsub runs retry"
+        "postsub runs retry-dead --binding {binding_id} --cause '{}'",
+        query.cause
     );
     Ok(render(&ConfirmPage {
         viewer,

@@ -17,12 +17,12 @@ use uuid::Uuid;
 
 use super::{
     Console, PageError, Viewer, render,
-    view::{self, age, cause, maybe_time, pretty, query_string, time},
+    view::{self, age, maybe_time, pretty, query_string, time},
 };
 use crate::{
     admin::{page_token, parse_page_token},
     queue::KindStats,
-    run::{Run, RunStatus},
+    run::{Run, RunStatus, error_cause},
     store::{Binding, RunFilter},
 };
 
@@ -887,7 +887,7 @@ pub(super) async fn dead_groups(console: &Console) -> Result<Vec<DeadGroupRow>, 
     let bindings = bindings_by_id(console).await?;
     let mut groups: Vec<DeadGroupRow> = Vec::new();
     for group in raw {
-        let cause = cause(group.error.as_deref());
+        let cause = error_cause(group.error.as_deref());
         let binding_id = group.binding_id.to_string();
         if let Some(row) = groups
             .iter_mut()

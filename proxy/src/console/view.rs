@@ -1,9 +1,6 @@
 //! Formatting shared by the console's pages.
 
-use std::sync::LazyLock;
-
 use chrono::{DateTime, Utc};
-use regex::Regex;
 use serde_json::Value;
 
 /// `text`, escaped for a URL's query.
@@ -80,48 +77,6 @@ pub(super) fn masked_answers(value: &Value) -> Value {
     }
 }
 
-/// What a dead run died of, for grouping: the HTTP status class the destination answered,
-/// or the kind of failure when it did not answer.
-pub(super) fn cause(error: Option<&str>) -> String {
-    static ANSWERED: LazyLock<Regex> =
-        LazyLock::new(|| Regex::new(r"answered (\d{3})").expect("valid regex"));
-    let Some(error) = error else {
-        return "no error recorded".to_owned();
-    };
-    if let Some(code) = ANSWERED
-        .captures(error)
-        .and_then(|c| c[1].parse::<u16>().ok())
-    {
-        return match code {
-            429 => "HTTP 429 (rate limit or quota)".to_owned(),
-            401 => "HTTP 401 (credentials refused)".to_owned(),
-            403 => "HTTP 403 (permission)".to_owned(),
-            404 => "HTTP 404 (not found)".to_owned(),
-            500..=599 => "HTTP 5xx (server error)".to_owned(),
-            code => format!("HTTP {code}"),
-        };
-    }
-    let lower = error.to_ascii_lowercase();
-    let kind = if lower.contains("connection refused") {
-        "connection refused"
-    } else if lower.contains("timed out") || lower.contains("timeout") {
-        "timed out"
-    } else if lower.contains("dns error") || lower.contains("failed to lookup") {
-        "name not resolved"
-    } else if lower.contains(" refused: ") {
-        "target refused (outbound checks)"
-    } else if lower.contains("certificate") || lower.contains("tls") {
-        "TLS"
-    } else if lower.contains("panicked") {
-        "task panicked"
-    } else if lower.contains("unknown task kind") || lower.contains("no binding") {
-        "binding or kind gone"
-    } else {
-        "other"
-    };
-    kind.to_owned()
-}
-
 /// One CSV line of `fields` (RFC 4180 quoting), with its line break.
 pub(super) fn csv_line<'a>(fields: impl IntoIterator<Item = &'a str>) -> String {
     let mut line = String::new();
@@ -151,27 +106,6 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-
-    #[test]
-    fn dead_runs_are_grouped_by_what_the_destination_answered() {
-        let cause = |e: &str| cause(Some(e));
-        assert_eq!(
-            cause("POST http://x/h answered 503 Service Unavailable: down"),
-            "HTTP 5xx (server error)"
-        );
-        assert_eq!(
-            cause("appending rows: Google answered 429: quota"),
-            "HTTP 429 (rate limit or quota)"
-        );
-        assert_eq!(
-            cause(
-                "POST http://127.0.0.1:1/h failed: error sending request: Connection refused (os error 111)"
-            ),
-            "connection refused"
-        );
-        assert_eq!(cause("timed out after 30s"), "timed out");
-        assert_eq!(cause("something else"), "other");
-    }
 
     #[test]
     fn secret_looking_answers_are_masked_at_any_depth() {

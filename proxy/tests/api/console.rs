@@ -326,7 +326,8 @@ async fn the_console_shows_a_dead_run_and_an_admin_retries_its_group(backend: Ba
     let confirm = operator.page(&confirm_link).await;
     assert!(confirm.contains("Retry 1 dead run?"), "{confirm}");
     assert!(
-        confirm.contains("postsub runs list --binding"),
+        confirm.contains("postsub runs retry-dead --binding")
+            && confirm.contains("--cause &#39;HTTP 5xx (server error)&#39;"),
         "the CLI equivalent: {confirm}"
     );
     let csrf = csrf_in(&confirm.clone());

@@ -66,7 +66,7 @@ try {
   await shot(admin, "06-dead-letters");
   await retryAll.click();
   check((await admin.getByText("Retry 1 dead run?").count()) === 1, "the confirmation says how many");
-  check((await admin.getByText("postsub runs list --binding").count()) === 1, "and the CLI that does it");
+  check((await admin.getByText("postsub runs retry-dead --binding").count()) === 1, "and the CLI that does it");
   await shot(admin, "07-confirm");
   await admin.click("button:has-text('Retry 1 run')");
   check((await admin.getByText("Retried 1 run", { exact: true }).count()) === 1, "the group was retried");
