@@ -16,10 +16,13 @@ use chrono::{DateTime, Utc};
 use postsub_proxy::{
     admin::page_key,
     app::{Launch, Proxy, Services},
+    backend::Backend,
     settings::DevSettings,
+    store::NewBinding,
 };
-use postsub_tasks::{Registry, TargetPolicy};
+use postsub_tasks::{Mode, Registry, TargetPolicy};
 use postsub_testkit::{TestBroker, TestDatabase, TestSqlite};
+use serde_json::json;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -100,6 +103,7 @@ async fn measure(
 ) -> anyhow::Result<(Vec<PageRow>, CsvExport)> {
     let backend = settings.backend()?;
     backend.database.migrate().await?;
+    create_bindings(&backend).await?;
     let started = Instant::now();
     let key = if backend_name == "PostgreSQL" {
         fill_postgres(
@@ -197,47 +201,60 @@ const ERROR_SQL: &str = "CASE WHEN i % 200 IN (2, 3)
         THEN 'POST http://127.0.0.1:8099/hook answered 503 Service Unavailable: down'
         WHEN i % 200 IN (0, 1) THEN 'timed out after 2s' ELSE NULL END";
 
-/// Bindings: 5 forms × (2 validate, 2 webhook); binding `n` (0–19) gets the runs with
-/// `i % 20 = n`, so runs of sync bindings have sync kinds.
-fn bindings() -> Vec<(Uuid, Uuid, String, &'static str, &'static str, String)> {
-    (0..20)
-        .map(|n| {
-            let form = Uuid::from_u128(0xF000 + n as u128 / 4);
-            let webhook = n % 4 >= 2;
-            let config = if webhook {
-                r#"{"url": "http://127.0.0.1:8099/hook", "secret": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"}"#
-            } else {
-                r#"{"fields": {"age": {"type": "number", "min": 0}}}"#
-            };
+/// Bindings, through the store: 5 forms × (2 validate, 2 webhook), named `binding-00` to
+/// `binding-19`; binding `n` gets the runs with `i % 20 = n` (by name), so sync bindings get
+/// sync runs.
+async fn create_bindings(backend: &Backend) -> anyhow::Result<()> {
+    let store = backend.database.open_store().await?;
+    for n in 0..20u128 {
+        let webhook = n % 4 >= 2;
+        let (kind, mode, config) = if webhook {
             (
-                Uuid::from_u128(0xB000 + n as u128),
-                form,
-                format!("binding-{n}"),
-                if webhook { "webhook" } else { "validate" },
-                if webhook { "async" } else { "sync" },
-                config.to_owned(),
+                "webhook",
+                Mode::Async,
+                json!({"url": "http://127.0.0.1:8099/hook",
+                       "secret": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"}),
             )
-        })
-        .collect()
+        } else {
+            (
+                "validate",
+                Mode::Sync,
+                json!({"fields": {"age": {"type": "number", "min": 0}}}),
+            )
+        };
+        store
+            .insert_binding(NewBinding {
+                form_id: Uuid::from_u128(0xF000 + n / 4),
+                name: format!("binding-{n:02}"),
+                kind: kind.to_owned(),
+                mode,
+                config,
+                enabled: true,
+                options: Default::default(),
+            })
+            .await?;
+    }
+    store.close().await;
+    Ok(())
+}
+
+/// The page key of the run in the middle of the history, from either backend's pool.
+macro_rules! middle_key {
+    ($pool:expr) => {{
+        let (at, id): (DateTime<Utc>, Uuid) = sqlx::query_as(
+            "SELECT created_at, run_id FROM task_runs ORDER BY created_at DESC, run_id DESC
+             LIMIT 1 OFFSET $1",
+        )
+        .bind(RUNS / 2)
+        .fetch_one($pool)
+        .await?;
+        Ok(page_key(at, id))
+    }};
 }
 
 /// Writes the history into PostgreSQL; returns the page key of the run in the middle.
 async fn fill_postgres(url: &str) -> anyhow::Result<String> {
     let pool = sqlx::PgPool::connect(url).await?;
-    for (id, form, name, kind, mode, config) in bindings() {
-        sqlx::query(
-            "INSERT INTO bindings (id, form_id, name, kind, mode, config, options)
-             VALUES ($1, $2, $3, $4, $5, $6::jsonb, '{}')",
-        )
-        .bind(id)
-        .bind(form)
-        .bind(name)
-        .bind(kind)
-        .bind(mode)
-        .bind(config)
-        .execute(&pool)
-        .await?;
-    }
     sqlx::query(sqlx::AssertSqlSafe(format!(
         "INSERT INTO task_runs (run_id, binding_id, form_id, submission_id, kind, mode, status,
             attempts, flags, error, created_at, started_at, finished_at, updated_at)
@@ -245,7 +262,7 @@ async fn fill_postgres(url: &str) -> anyhow::Result<String> {
             {STATUS_SQL}, 1, '[]', {ERROR_SQL}, t, t, t, t
          FROM generate_series(0, {last}) AS i,
             LATERAL (SELECT now() - i * interval '2.592 seconds' AS t) AS at,
-            (SELECT id, form_id, kind, mode, row_number() OVER (ORDER BY id) - 1 AS n
+            (SELECT id, form_id, kind, mode, row_number() OVER (ORDER BY name) - 1 AS n
              FROM bindings) AS b
          WHERE b.n = i % 20",
         last = RUNS - 1
@@ -253,42 +270,19 @@ async fn fill_postgres(url: &str) -> anyhow::Result<String> {
     .execute(&pool)
     .await?;
     sqlx::query("ANALYZE task_runs").execute(&pool).await?;
-    let (at, id): (DateTime<Utc>, Uuid) = sqlx::query_as(
-        "SELECT created_at, run_id FROM task_runs ORDER BY created_at DESC, run_id DESC
-         LIMIT 1 OFFSET $1",
-    )
-    .bind(RUNS / 2)
-    .fetch_one(&pool)
-    .await?;
+    let key = middle_key!(&pool);
     pool.close().await;
-    Ok(page_key(at, id))
+    key
 }
 
 /// Writes the history into the SQLite file; returns the page key of the run in the middle.
 async fn fill_sqlite(url: &str) -> anyhow::Result<String> {
     let pool = sqlx::SqlitePool::connect(url).await?;
-    for (id, form, name, kind, mode, config) in bindings() {
-        let now = Utc::now().to_rfc3339_opts(chrono::SecondsFormat::AutoSi, false);
-        sqlx::query(
-            "INSERT INTO bindings (id, form_id, name, kind, mode, config, enabled, options,
-                created_at, updated_at)
-             VALUES ($1, $2, $3, $4, $5, $6, 1, '{}', $7, $7)",
-        )
-        .bind(id)
-        .bind(form)
-        .bind(name)
-        .bind(kind)
-        .bind(mode)
-        .bind(config)
-        .bind(now)
-        .execute(&pool)
-        .await?;
-    }
     // Times as the store writes them: RFC 3339 in UTC (here with milliseconds).
     sqlx::query(sqlx::AssertSqlSafe(format!(
         "WITH RECURSIVE seq(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM seq WHERE i < {last}),
             b AS (SELECT id, form_id, kind, mode,
-                row_number() OVER (ORDER BY id) - 1 AS n FROM bindings)
+                row_number() OVER (ORDER BY name) - 1 AS n FROM bindings)
          INSERT INTO task_runs (run_id, binding_id, form_id, submission_id, kind, mode, status,
             attempts, flags, error, created_at, started_at, finished_at, updated_at)
          SELECT randomblob(16), b.id, b.form_id, randomblob(16), b.kind, b.mode, {STATUS_SQL},
@@ -301,15 +295,9 @@ async fn fill_sqlite(url: &str) -> anyhow::Result<String> {
     .execute(&pool)
     .await?;
     sqlx::query("ANALYZE").execute(&pool).await?;
-    let (at, id): (DateTime<Utc>, Uuid) = sqlx::query_as(
-        "SELECT created_at, run_id FROM task_runs ORDER BY created_at DESC, run_id DESC
-         LIMIT 1 OFFSET $1",
-    )
-    .bind(RUNS / 2)
-    .fetch_one(&pool)
-    .await?;
+    let key = middle_key!(&pool);
     pool.close().await;
-    Ok(page_key(at, id))
+    key
 }
 
 /// Prints rows 11 and 12.

@@ -15,7 +15,8 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::helpers::{
-    Backend, Resources, binding, eventually, process, quick_retries, registry, spawn_proxy_with,
+    Backend, Resources, binding, eventually, metrics, process, quick_retries, registry,
+    spawn_proxy_with,
 };
 
 crate::contract!(
@@ -156,13 +157,7 @@ async fn a_kind_nobody_consumes_is_a_backlog_alert_and_a_gauge(kind: Backend) {
         alert.body
     );
     assert!(alert.signature_ok);
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let metrics = reqwest::get(format!("http://{http}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics(http).await;
     assert!(
         metrics.contains("postsub_queue_jobs{kind=\"webhook\",state=\"ready\"} 1"),
         "{metrics}"

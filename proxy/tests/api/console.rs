@@ -140,6 +140,26 @@ impl Browser {
         self.get("/ui/forms").await
     }
 
+    /// Waits until a login with each of `tokens` works: the proxy follows the store, and
+    /// learns of new tokens on its next reload.
+    async fn wait_until_the_proxy_knows(&self, tokens: &[&str]) {
+        for token in tokens {
+            eventually("the proxy knows the new tokens", || {
+                let (mut probe, token) = (self.clone(), token.to_string());
+                async move {
+                    probe.cookies.clear();
+                    let csrf = probe.get("/ui/login").await.csrf();
+                    probe
+                        .post("/ui/login", &[("token", &token), ("csrf", &csrf)])
+                        .await
+                        .status
+                        == StatusCode::SEE_OTHER
+                }
+            })
+            .await;
+        }
+    }
+
     /// A page that must answer 200.
     async fn page(&mut self, path: &str) -> String {
         let page = self.get(path).await;
@@ -231,19 +251,7 @@ async fn the_console_shows_a_dead_run_and_an_admin_retries_its_group(backend: Ba
 
     // `read` sees everything and no button; its posts are refused.
     let mut reader = Browser::new(&proxy);
-    eventually("the proxy knows the new tokens", || {
-        let (mut probe, read) = (reader.clone(), read.clone());
-        async move {
-            let form = probe.get("/ui/login").await;
-            let csrf = form.csrf();
-            probe
-                .post("/ui/login", &[("token", &read), ("csrf", &csrf)])
-                .await
-                .status
-                == StatusCode::SEE_OTHER
-        }
-    })
-    .await;
+    reader.wait_until_the_proxy_knows(&[&read, &ops]).await;
     let forms = reader.login(&read).await;
     assert_eq!(forms.status, StatusCode::OK, "{}", forms.body);
     assert!(forms.body.contains("dashboard · read"), "{}", forms.body);
@@ -524,19 +532,9 @@ async fn the_console_in_headless_chromium() {
     let receiver = WebhookReceiver::start().await;
     let (_, submission, dead_run) = a_dead_webhook_run(&proxy, &receiver, BOOTSTRAP).await;
     // The proxy must know the new tokens before the browser logs in with them.
-    let probe = Browser::new(&proxy);
-    eventually("the proxy knows the new tokens", || {
-        let (mut probe, ops) = (probe.clone(), ops.clone());
-        async move {
-            let csrf = probe.get("/ui/login").await.csrf();
-            probe
-                .post("/ui/login", &[("token", &ops), ("csrf", &csrf)])
-                .await
-                .status
-                == StatusCode::SEE_OTHER
-        }
-    })
-    .await;
+    Browser::new(&proxy)
+        .wait_until_the_proxy_knows(&[&read, &ops])
+        .await;
 
     let output = tokio::task::spawn_blocking(move || {
         Command::new("node")

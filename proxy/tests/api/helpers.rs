@@ -393,3 +393,14 @@ where
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// What the proxy at `http_addr` says at `/metrics`.
+pub async fn metrics(http_addr: std::net::SocketAddr) -> String {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::get(format!("http://{http_addr}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}

@@ -708,13 +708,7 @@ async fn an_expired_job_is_reported_to_the_operator_and_counted(backend: Backend
     assert_eq!(report["run_id"], run_id.as_str());
     assert_eq!(report["form_id"], form.to_string());
 
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let metrics = reqwest::get(format!("http://{}/metrics", proxy.stack.http_addr()))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = crate::helpers::metrics(proxy.stack.http_addr()).await;
     assert!(
         metrics.contains("postsub_runs_expired_total{kind=\"flaky\"}"),
         "{metrics}"
