@@ -517,6 +517,8 @@ struct RunsPage {
     statuses: Vec<&'static str>,
     kinds: Vec<String>,
     problem: Option<String>,
+    /// Said when the filter's form has no binding (its `Process` calls run nothing).
+    unbound_form: bool,
     runs: Vec<RunRow>,
     next: Option<String>,
     csv: String,
@@ -545,6 +547,7 @@ pub(super) async fn runs(
                 statuses,
                 kinds,
                 problem: Some(problem.message),
+                unbound_form: false,
                 runs: Vec::new(),
                 next: None,
             });
@@ -567,6 +570,9 @@ pub(super) async fn runs(
     });
     let bindings = bindings_by_id(&console).await?;
     let rows = runs.iter().map(|run| run_row(run, &bindings)).collect();
+    let unbound_form = filter
+        .form_id
+        .is_some_and(|form| !bindings.values().any(|b| b.form_id == form));
     Ok(render(&RunsPage {
         viewer,
         csv: format!("/ui/runs.csv?{}", query.link("")),
@@ -574,6 +580,7 @@ pub(super) async fn runs(
         statuses,
         kinds,
         problem: None,
+        unbound_form,
         runs: rows,
         next,
     }))

@@ -452,6 +452,10 @@ async fn console_pages_refuse_bad_filters_and_strangers(backend: Backend) {
     }
     let csv = browser.get("/ui/runs.csv?status=exploded").await;
     assert_eq!(csv.status, StatusCode::BAD_REQUEST);
+    let unbound = browser
+        .page(&format!("/ui/runs?form={}", Uuid::new_v4()))
+        .await;
+    assert!(unbound.contains("This form has no bindings"), "{unbound}");
     let missing = browser.get(&format!("/ui/runs/{}", Uuid::new_v4())).await;
     assert_eq!(missing.status, StatusCode::NOT_FOUND);
     assert!(missing.body.contains("no run with id"), "{}", missing.body);
