@@ -124,6 +124,12 @@ fn actor<T>(request: &Request<T>) -> String {
         .map_or_else(|| "anonymous".to_owned(), |caller| caller.name.clone())
 }
 
+/// An optional string filter: empty means unset.
+fn non_empty(text: String) -> Option<String> {
+    let text = text.trim();
+    (!text.is_empty()).then(|| text.to_owned())
+}
+
 fn parse_mode(mode: i32) -> Result<Mode, Status> {
     mode_from_proto(mode)
         .ok_or_else(|| Status::invalid_argument("mode must be MODE_SYNC or MODE_ASYNC"))
@@ -504,7 +510,9 @@ impl TaskAdmin for Admin {
                 .map(|t| from_timestamp("created_before", t))
                 .transpose()?,
             after_key: parse_page_token(&request.page_token)?,
-            ..RunFilter::default()
+            kind: non_empty(request.kind),
+            flag: non_empty(request.flag),
+            error_contains: non_empty(request.error_contains),
         };
         let page_size = match request.page_size {
             0 => DEFAULT_PAGE,

@@ -185,6 +185,15 @@ pub enum RunsCommand {
         /// Only runs in this status (queued, running, succeeded, failed, dead, expired).
         #[arg(long)]
         status: Option<RunStatus>,
+        /// Only runs of this task kind.
+        #[arg(long)]
+        kind: Option<String>,
+        /// Only runs with a flag on this field or of this rule.
+        #[arg(long)]
+        flag: Option<String>,
+        /// Only runs whose error contains this text (case ignored).
+        #[arg(long)]
+        error: Option<String>,
         /// At most this many runs.
         #[arg(long, default_value_t = 100)]
         limit: u32,
@@ -599,6 +608,9 @@ pub async fn runs(server: &ServerArgs, command: RunsCommand) -> anyhow::Result<(
             submission,
             binding,
             status,
+            kind,
+            flag,
+            error,
             limit,
             json,
         } => {
@@ -608,6 +620,9 @@ pub async fn runs(server: &ServerArgs, command: RunsCommand) -> anyhow::Result<(
                 submission_id: submission.unwrap_or_default(),
                 binding_id: binding.unwrap_or_default(),
                 status: status.into(),
+                kind: kind.unwrap_or_default(),
+                flag: flag.unwrap_or_default(),
+                error_contains: error.unwrap_or_default(),
                 page_size: limit,
                 ..Default::default()
             };

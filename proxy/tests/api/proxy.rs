@@ -522,6 +522,41 @@ async fn run_history_filters_and_pages(backend: Backend) {
         .unwrap()
         .into_inner();
     assert!(failed.runs.is_empty(), "flagged sync runs succeeded");
+    // The console's filters, in the API too: kind, flag (field or rule), error text.
+    let count = |request: pb::ListRunsRequest| {
+        let mut admin = admin.clone();
+        async move {
+            let request = pb::ListRunsRequest {
+                form_id: form.to_string(),
+                ..request
+            };
+            admin
+                .list_runs(request)
+                .await
+                .unwrap()
+                .into_inner()
+                .runs
+                .len()
+        }
+    };
+    let kind = |kind: &str| pb::ListRunsRequest {
+        kind: kind.into(),
+        ..Default::default()
+    };
+    let flag = |flag: &str| pb::ListRunsRequest {
+        flag: flag.into(),
+        ..Default::default()
+    };
+    assert_eq!(count(kind("validate")).await, 15);
+    assert_eq!(count(kind("webhook")).await, 0);
+    assert_eq!(count(flag("n")).await, 2, "n = 15 and 20 are over the max");
+    assert_eq!(count(flag("max")).await, 2);
+    assert_eq!(count(flag("other")).await, 0);
+    let error = pb::ListRunsRequest {
+        error_contains: "anything".into(),
+        ..Default::default()
+    };
+    assert_eq!(count(error).await, 0, "no run failed");
     proxy.stack.stop().await.unwrap();
 }
 
