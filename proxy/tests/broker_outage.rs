@@ -1,5 +1,6 @@
 //! RabbitMQ stopped for 20 s while a client keeps sending `Process` calls: every call is
-//! answered, and every async job runs, exactly once.
+//! answered, and every async job runs, exactly once; the operator gets one signed
+//! `outbox.growing` alert.
 //!
 //! This test stops the local RabbitMQ node's application (`rabbitmqctl stop_app`), so it is
 //! the only test of its binary: cargo runs test binaries one after another, and a guard
@@ -13,7 +14,7 @@ use std::{
 
 mod common;
 
-use common::{bind, process_request, start_dev};
+use common::{bind, process_request, start_dev_with};
 use postsub::pb::{self, post_submission_client::PostSubmissionClient};
 use postsub_testkit::WebhookReceiver;
 use serde_json::json;
@@ -47,7 +48,21 @@ impl Drop for StartAgain {
 #[tokio::test]
 async fn process_answers_and_no_job_is_lost_or_doubled_while_rabbitmq_is_down() {
     let receiver = WebhookReceiver::start().await;
-    let dev = start_dev().await;
+    let operator = WebhookReceiver::start().await;
+    // The proxy looks at the outbox every 2 s (a quarter of the backlog age).
+    let dev = start_dev_with(&[
+        "--alert-webhook",
+        &operator.url,
+        "--alert-secret",
+        &operator.secret,
+        "--alert-group-wait",
+        "1s",
+        "--alert-interval",
+        "1h",
+        "--alert-backlog-age",
+        "8s",
+    ])
+    .await;
     let grpc = dev.grpc.clone();
     let form = Uuid::new_v4();
     let hook = json!({"url": receiver.url, "secret": receiver.secret});
@@ -102,5 +117,21 @@ async fn process_answers_and_no_job_is_lost_or_doubled_while_rabbitmq_is_down() 
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    let alerts = operator.deliveries();
+    let outbox: Vec<_> = alerts
+        .iter()
+        .filter(|alert| alert.body["type"] == "outbox.growing")
+        .collect();
+    assert_eq!(
+        outbox.len(),
+        1,
+        "one outbox alert for the outage: {alerts:?}"
+    );
+    assert!(outbox[0].signature_ok);
+    assert!(
+        outbox[0].body["size"].as_u64().unwrap() > 0,
+        "{}",
+        outbox[0].body
+    );
     dev.stack.stop().await.unwrap();
 }

@@ -32,9 +32,14 @@ pub struct Dev {
 
 /// Starts [`Dev`].
 pub async fn start_dev() -> Dev {
+    start_dev_with(&[]).await
+}
+
+/// Starts [`Dev`] with `extra` flags for `postsub dev`.
+pub async fn start_dev_with(extra: &[&str]) -> Dev {
     let db = TestDatabase::create("postsub").await;
     let broker = TestBroker::create();
-    let settings = DevSettings::isolated(&db.url, &broker.url, &broker.prefix, &[]).unwrap();
+    let settings = DevSettings::isolated(&db.url, &broker.url, &broker.prefix, extra).unwrap();
     let stack = DevStack::start(
         &settings,
         Registry::with_builtins_for(TargetPolicy::dev()),
