@@ -124,8 +124,8 @@ fn actor<T>(request: &Request<T>) -> String {
         .map_or_else(|| "anonymous".to_owned(), |caller| caller.name.clone())
 }
 
-/// An optional string filter: empty means unset.
-fn non_empty(text: String) -> Option<String> {
+/// An optional string filter: empty (or blank) means unset.
+pub(crate) fn non_empty(text: &str) -> Option<String> {
     let text = text.trim();
     (!text.is_empty()).then(|| text.to_owned())
 }
@@ -510,9 +510,9 @@ impl TaskAdmin for Admin {
                 .map(|t| from_timestamp("created_before", t))
                 .transpose()?,
             after_key: parse_page_token(&request.page_token)?,
-            kind: non_empty(request.kind),
-            flag: non_empty(request.flag),
-            error_contains: non_empty(request.error_contains),
+            kind: non_empty(&request.kind),
+            flag: non_empty(&request.flag),
+            error_contains: non_empty(&request.error_contains),
         };
         let page_size = match request.page_size {
             0 => DEFAULT_PAGE,

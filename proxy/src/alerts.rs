@@ -386,23 +386,17 @@ fn send(
         let (client, sinks, body) = (client.clone(), sinks.clone(), body.clone());
         sending.spawn(async move {
             let sink = &sinks[index];
-            let id = format!("alert_{}", Uuid::new_v4().simple());
-            let mut request = client
-                .post(sink.url.clone())
-                .timeout(SEND_TIMEOUT)
-                .header(reqwest::header::CONTENT_TYPE, "application/json");
-            if let Some(key) = &sink.key {
-                let timestamp = Utc::now().timestamp();
-                request = request
-                    .header("webhook-id", &id)
-                    .header("webhook-timestamp", timestamp.to_string())
-                    .header(
-                        "webhook-signature",
-                        postsub_tasks::webhook::sign(key, &id, timestamp, &body),
-                    );
-            }
+            let request = client.post(sink.url.clone()).timeout(SEND_TIMEOUT);
+            let request = match &sink.key {
+                Some(key) => {
+                    let id = format!("alert_{}", Uuid::new_v4().simple());
+                    postsub_tasks::webhook::signed(request, key, &id, body)
+                }
+                None => request
+                    .header(reqwest::header::CONTENT_TYPE, "application/json")
+                    .body(body),
+            };
             let sent = request
-                .body(body)
                 .send()
                 .await
                 .and_then(reqwest::Response::error_for_status);

@@ -145,24 +145,14 @@ impl TaskBase for Webhook {
         context: &RunContext,
         submission: &Submission,
     ) -> Result<Outcome, TaskError> {
-        let timestamp = chrono::Utc::now().timestamp();
         let body = json!({
             "type": "submission.created",
             "timestamp": chrono::Utc::now().to_rfc3339(),
             "data": submission,
         })
         .to_string();
-        let id = context.run_id.to_string();
-        let signature = sign(&config.key, &id, timestamp, &body);
-        let response = self
-            .client
-            .post(config.url.clone())
-            .timeout(config.timeout)
-            .header(header::CONTENT_TYPE, "application/json")
-            .header("webhook-id", &id)
-            .header("webhook-timestamp", timestamp.to_string())
-            .header("webhook-signature", signature)
-            .body(body)
+        let request = self.client.post(config.url.clone()).timeout(config.timeout);
+        let response = signed(request, &config.key, &context.run_id.to_string(), body)
             .send()
             .await
             .map_err(|err| match crate::targets::refused_in(&err) {
@@ -206,7 +196,6 @@ impl TaskBase for Webhook {
     }
 }
 
-/// The `webhook-signature` value for one delivery.
 /// The HMAC key of a Standard Webhooks secret (`whsec_<base64>`), or why it is not one.
 pub fn signing_key(secret: &str) -> Result<Vec<u8>, String> {
     let encoded = secret
@@ -221,9 +210,27 @@ pub fn signing_key(secret: &str) -> Result<Vec<u8>, String> {
     Ok(key)
 }
 
-/// The `webhook-signature` header of a message: `v1,` and the base64 HMAC-SHA256 of
-/// `id.timestamp.body` keyed with `key` (see [`signing_key`]).
-pub fn sign(key: &[u8], id: &str, timestamp: i64, body: &str) -> String {
+/// `request` carrying `body` (JSON) as the Standard Webhooks message `id`, signed with
+/// `key` (see [`signing_key`]): `webhook-id`, `webhook-timestamp`, `webhook-signature`.
+pub fn signed(
+    request: reqwest::RequestBuilder,
+    key: &[u8],
+    id: &str,
+    body: String,
+) -> reqwest::RequestBuilder {
+    let timestamp = chrono::Utc::now().timestamp();
+    let signature = sign(key, id, timestamp, &body);
+    request
+        .header(header::CONTENT_TYPE, "application/json")
+        .header("webhook-id", id)
+        .header("webhook-timestamp", timestamp.to_string())
+        .header("webhook-signature", signature)
+        .body(body)
+}
+
+/// The `webhook-signature` value of a message: `v1,` and the base64 HMAC-SHA256 of
+/// `id.timestamp.body` keyed with `key`.
+fn sign(key: &[u8], id: &str, timestamp: i64, body: &str) -> String {
     let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes keys of any length");
     mac.update(format!("{id}.{timestamp}.{body}").as_bytes());
     format!("v1,{}", BASE64.encode(mac.finalize().into_bytes()))

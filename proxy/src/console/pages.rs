@@ -20,7 +20,7 @@ use super::{
     view::{self, age, maybe_time, pretty, query_string, time},
 };
 use crate::{
-    admin::{page_token, parse_page_token},
+    admin::{non_empty, page_token, parse_page_token},
     queue::KindStats,
     run::{Run, RunStatus, error_cause},
     store::{Binding, RunFilter},
@@ -62,7 +62,7 @@ fn binding_name(bindings: &HashMap<Uuid, Binding>, id: Uuid) -> String {
 
 // ---------------------------------------------------------------- Overview
 
-/// One task kind's queue, as the Overview and `postsub queues` show it.
+/// One task kind's queue, as the Overview and Dead letters pages show it.
 pub(super) struct QueueRow {
     kind: String,
     ready: u64,
@@ -91,6 +91,11 @@ impl From<KindStats> for QueueRow {
                 .map_or_else(|| "–".to_owned(), |d| age(d.as_secs())),
         }
     }
+}
+
+/// Where a status (as stored) goes in lists: the order of [`RunStatus::ALL`].
+fn status_order(status: &str) -> usize {
+    RunStatus::from_str(status).map_or(usize::MAX, |status| status as usize)
 }
 
 /// One bar segment of the runs-per-minute chart.
@@ -170,8 +175,7 @@ async fn overview_live_part(console: &Console) -> Result<OverviewLive, PageError
             None => totals.push((count.status, count.count)),
         }
     }
-    totals
-        .sort_by_key(|(status, _)| RunStatus::from_str(status).map_or(usize::MAX, |s| s as usize));
+    totals.sort_by_key(|(status, _)| status_order(status));
     let chart_max = per_minute
         .iter()
         .map(|minute| minute.iter().map(|(_, n)| n).sum::<i64>())
@@ -181,9 +185,7 @@ async fn overview_live_part(console: &Console) -> Result<OverviewLive, PageError
     const HEIGHT: i64 = 100;
     let mut bars = Vec::new();
     for (index, minute) in per_minute.iter_mut().enumerate() {
-        minute.sort_by_key(|(status, _)| {
-            RunStatus::from_str(status).map_or(usize::MAX, |s| s as usize)
-        });
+        minute.sort_by_key(|(status, _)| status_order(status));
         let mut top = HEIGHT;
         let at = since + chrono::Duration::minutes(index as i64);
         for (status, count) in minute.iter() {
@@ -293,17 +295,7 @@ pub(super) async fn forms(
                 .map(|c| c.count)
                 .sum()
         };
-        let runs = of(
-            &recent,
-            &[
-                "queued",
-                "running",
-                "succeeded",
-                "failed",
-                "dead",
-                "expired",
-            ],
-        );
+        let runs = of(&recent, &RunStatus::ALL.map(RunStatus::as_str));
         let succeeded = of(&recent, &["succeeded"]);
         let finished = of(&recent, &["succeeded", "failed", "dead", "expired"]);
         let last_error = last_errors.remove(&binding.id).unwrap_or_default();
@@ -415,10 +407,6 @@ fn time_field(field: &str, text: &str) -> Result<Option<DateTime<Utc>>, PageErro
 impl RunsQuery {
     /// The store's filter, or a 400 naming the field that is wrong.
     fn filter(&self) -> Result<RunFilter, PageError> {
-        let text = |value: &str| {
-            let value = value.trim();
-            (!value.is_empty()).then(|| value.to_owned())
-        };
         let status = match self.status.trim() {
             "" => None,
             status => Some(RunStatus::from_str(status).map_err(|_| {
@@ -444,9 +432,9 @@ impl RunsQuery {
             status,
             created_after,
             created_before,
-            kind: text(&self.kind),
-            flag: text(&self.flag),
-            error_contains: text(&self.error),
+            kind: non_empty(&self.kind),
+            flag: non_empty(&self.flag),
+            error_contains: non_empty(&self.error),
             after_key: parse_page_token(self.after.trim())
                 .map_err(|_| PageError::bad_request("after: not a page key this console made"))?,
         })

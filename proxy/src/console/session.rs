@@ -197,12 +197,8 @@ impl FromRequestParts<Console> for Viewer {
 
 /// The login page, coming back to `next` afterwards, saying `why` when set.
 pub(super) fn login_redirect(next: &str, why: Option<&str>) -> Response {
-    let mut url = format!("/ui/login?next={}", super::view::query_escape(next));
-    if let Some(why) = why {
-        url.push_str("&why=");
-        url.push_str(&super::view::query_escape(why));
-    }
-    Redirect::to(&url).into_response()
+    let query = super::view::query_string([("next", next), ("why", why.unwrap_or_default())]);
+    Redirect::to(&format!("/ui/login?{query}")).into_response()
 }
 
 /// Where a login may lead: a console page, never another site.

@@ -3,11 +3,6 @@
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 
-/// `text`, escaped for a URL's query.
-pub(super) fn query_escape(text: &str) -> String {
-    form_urlencoded::byte_serialize(text.as_bytes()).collect()
-}
-
 /// A query string (without `?`) of the pairs whose value is not empty.
 pub(super) fn query_string<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> String {
     let mut query = form_urlencoded::Serializer::new(String::new());
