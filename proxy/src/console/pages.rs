@@ -128,33 +128,30 @@ struct OverviewPage {
 }
 
 async fn overview_live_part(console: &Console) -> Result<OverviewLive, PageError> {
-    let (queues, queue_error) = match console.inner.queue.stats().await {
+    let now = Utc::now();
+    // The chart's first minute, whole.
+    let since = (now - chrono::Duration::minutes(CHART_MINUTES - 1))
+        .duration_trunc(chrono::Duration::minutes(1))
+        .expect("a minute divides any time");
+    let inner = &console.inner;
+    // Independent reads, at once (the page refreshes every 5 s).
+    let (stats, outbox, counts) = tokio::join!(
+        inner.queue.stats(),
+        inner.queue.outbox_size(),
+        inner.store.runs_per_minute(since),
+    );
+    let (queues, queue_error) = match stats {
         Ok(stats) => (stats.into_iter().map(QueueRow::from).collect(), None),
         Err(err) => (
             Vec::new(),
             Some(format!("the job queue did not answer: {err}")),
         ),
     };
-    let outbox = console
-        .inner
-        .queue
-        .outbox_size()
-        .await
-        .unwrap_or_else(|err| {
-            tracing::debug!(error = %err, "console: the outbox size is unavailable");
-            None
-        });
-    let now = Utc::now();
-    // The chart's first minute, whole.
-    let since = (now - chrono::Duration::minutes(CHART_MINUTES - 1))
-        .duration_trunc(chrono::Duration::minutes(1))
-        .expect("a minute divides any time");
-    let counts = console
-        .inner
-        .store
-        .runs_per_minute(since)
-        .await
-        .map_err(|err| PageError::unavailable("counting runs", err))?;
+    let outbox = outbox.unwrap_or_else(|err| {
+        tracing::debug!(error = %err, "console: the outbox size is unavailable");
+        None
+    });
+    let counts = counts.map_err(|err| PageError::unavailable("counting runs", err))?;
     // Minute index → status → count.
     let mut per_minute: Vec<Vec<(String, i64)>> = vec![Vec::new(); CHART_MINUTES as usize];
     let mut totals: Vec<(String, i64)> = Vec::new();
