@@ -96,7 +96,7 @@ pub async fn run_all(args: &Args) -> anyhow::Result<Report> {
     let backend = settings.backend()?;
     backend.database.migrate().await?;
     let mut registry = Registry::with_builtins_for(TargetPolicy::dev());
-    registry.register(GoogleSheets::new(Endpoints {
+    registry.replace(GoogleSheets::new(Endpoints {
         sheets_base_url: emulator.sheets_base_url(),
         drive_base_url: emulator.drive_base_url(),
     }));

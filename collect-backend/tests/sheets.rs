@@ -37,7 +37,7 @@ impl Drop for TempDir {
 async fn spawn_with_emulator(flags: &[&str]) -> SheetsStack {
     let emulator = SheetsEmulator::start().await;
     let mut registry = Registry::with_builtins();
-    registry.register(GoogleSheets::new(Endpoints {
+    registry.replace(GoogleSheets::new(Endpoints {
         sheets_base_url: emulator.sheets_base_url(),
         drive_base_url: emulator.drive_base_url(),
     }));

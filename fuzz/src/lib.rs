@@ -291,6 +291,7 @@ pub fn run_validate(
     let context = RunContext {
         run_id: Uuid::nil(),
         binding_id: Uuid::nil(),
+        binding_name: String::new(),
         attempt: 1,
         state: Arc::new(MemoryState::default()),
     };

@@ -486,6 +486,10 @@ impl TaskAdmin for Admin {
                     .iter()
                     .map(|m| mode_to_proto(*m).into())
                     .collect(),
+                config_schema: match task.config_schema() {
+                    Value::Object(schema) => Some(to_proto_struct(schema)),
+                    _ => None,
+                },
             })
             .collect();
         Ok(Response::new(pb::ListTaskKindsResponse { kinds }))

@@ -66,8 +66,11 @@ impl Services {
     /// Opens the backend (its database already migrated) and starts the cache and the
     /// recorder.
     pub async fn start(backend: &Backend, registry: Registry) -> anyhow::Result<Self> {
+        registry.check()?;
         crate::telemetry::prometheus();
-        let kinds = registry.kinds().map(|k| k.kind().to_owned()).collect();
+        let kinds: Vec<String> = registry.kinds().map(|k| k.kind().to_owned()).collect();
+        // Proxy and worker must know the same kinds: saying them makes a mismatch plain.
+        tracing::info!("task kinds: {}", kinds.join(", "));
         let opened = backend.open(kinds, RECORDER_CAPACITY).await?;
         let cache = BindingCache::load(opened.store.clone(), registry.clone())
             .await

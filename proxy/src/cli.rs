@@ -10,7 +10,7 @@ use crate::{
     alerts::AlertSettings,
     app::{DevStack, Launch, Proxy, Services},
     backend::{Backend, Database, SERVER_DATABASE},
-    client::{self, AuditCommand, BindingsCommand, DlqCommand, RunsCommand},
+    client::{self, AuditCommand, BindingsCommand, DlqCommand, KindsArgs, RunsCommand},
     settings::{
         BrokerSettings, DatabaseSettings, DevSettings, ProxySettings, TargetSettings,
         WorkerSettings,
@@ -42,8 +42,8 @@ enum Command {
     /// Manage bindings of tasks to forms.
     #[command(subcommand)]
     Bindings(BindingsCommand),
-    /// List the task kinds the proxy knows.
-    Kinds,
+    /// List the task kinds the proxy knows (`--json`: with their config schemas).
+    Kinds(KindsArgs),
     /// Look at the run history; retry a dead run.
     #[command(subcommand)]
     Runs(RunsCommand),
@@ -88,13 +88,23 @@ struct WorkerArgs {
     alerts: AlertSettings,
 }
 
-/// Parses the command line and runs the command.
-pub async fn main() -> ExitCode {
+/// Adds a task author's kinds to the built-in ones; called with the outbound-target policy
+/// the operator set, for kinds that call addresses a binding names.
+pub trait ExtendRegistry: Fn(&mut Registry, &TargetPolicy) {}
+
+impl<F: Fn(&mut Registry, &TargetPolicy)> ExtendRegistry for F {}
+
+/// Parses the command line and runs the command: the whole `postsub` command line, with
+/// the built-in task kinds and those `extend` registers. The `postsub` binary is
+/// `postsub_proxy::main(|_registry, _targets| {})`; a binary with a task kind of its own
+/// registers it in the closure (`registry.register(SmsReceipt::new(targets));` in
+/// examples/sms-receipt). A kind registered twice stops the start with an error.
+pub async fn main(extend: impl ExtendRegistry) -> ExitCode {
     let cli = Cli::parse();
     let server = !matches!(
         cli.command,
         Command::Bindings(_)
-            | Command::Kinds
+            | Command::Kinds(_)
             | Command::Runs(_)
             | Command::Dlq(_)
             | Command::Queues(_)
@@ -102,13 +112,14 @@ pub async fn main() -> ExitCode {
             | Command::Audit(_)
     );
     init_tracing(if server { "info" } else { "warn" });
+    let kinds = Kinds(&extend);
     let result = match cli.command {
         Command::Migrate(database) => migrate(database).await,
-        Command::Serve(args) => serve(args).await,
-        Command::Worker(args) => worker(args).await,
-        Command::Dev(args) => dev(args).await,
+        Command::Serve(args) => serve(args, kinds).await,
+        Command::Worker(args) => worker(args, kinds).await,
+        Command::Dev(args) => dev(args, kinds).await,
         Command::Bindings(command) => client::bindings(&cli.server, command).await,
-        Command::Kinds => client::kinds(&cli.server).await,
+        Command::Kinds(args) => client::kinds(&cli.server, args).await,
         Command::Runs(command) => client::runs(&cli.server, command).await,
         Command::Dlq(command) => client::dlq(&cli.server, command).await,
         Command::Queues(args) => client::queues(&cli.server, args).await,
@@ -149,9 +160,9 @@ fn server_backend(database: &DatabaseSettings, broker: &BrokerSettings) -> anyho
     Ok(backend)
 }
 
-async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+async fn serve(args: ServeArgs, kinds: Kinds<'_>) -> anyhow::Result<()> {
     let backend = server_backend(&args.database, &args.broker)?;
-    let services = Services::start(&backend, registry(args.targets.policy()))
+    let services = Services::start(&backend, kinds.registry(args.targets.policy()))
         .await?
         .with_alerts(&args.alerts)?;
     let proxy = Proxy::build(&services, &args.proxy, Launch::Serve).await?;
@@ -161,9 +172,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
+async fn worker(args: WorkerArgs, kinds: Kinds<'_>) -> anyhow::Result<()> {
     let backend = server_backend(&args.database, &args.broker)?;
-    let services = Services::start(&backend, registry(args.targets.policy()))
+    let services = Services::start(&backend, kinds.registry(args.targets.policy()))
         .await?
         .with_alerts(&args.alerts)?;
     let worker = services.worker(&args.worker)?;
@@ -178,19 +189,27 @@ async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn dev(settings: DevSettings) -> anyhow::Result<()> {
+async fn dev(settings: DevSettings, kinds: Kinds<'_>) -> anyhow::Result<()> {
     tracing::info!("backend: {}", settings.backend()?.describe());
     let targets = settings.targets.dev_policy();
-    let stack = DevStack::start(&settings, registry(targets), shutdown_signal()).await?;
+    let stack = DevStack::start(&settings, kinds.registry(targets), shutdown_signal()).await?;
     tracing::info!(grpc = %stack.grpc_addr(), http = %stack.http_addr(),
         console = %format!("http://{}/ui", stack.http_addr()), "listening");
     stack.wait().await
 }
 
-/// The built-in task kinds, their calls reaching what `targets` allows (said at start).
-fn registry(targets: TargetPolicy) -> Registry {
-    tracing::info!("webhooks may call {targets}");
-    Registry::with_builtins_for(targets)
+/// The task kinds of this binary: the built-in ones and the author's.
+#[derive(Clone, Copy)]
+struct Kinds<'a>(&'a dyn ExtendRegistry);
+
+impl Kinds<'_> {
+    /// The registry, the calls of its kinds reaching what `targets` allows (said at start).
+    fn registry(self, targets: TargetPolicy) -> Registry {
+        tracing::info!("webhooks and remote tasks may call {targets}");
+        let mut registry = Registry::with_builtins_for(targets.clone());
+        (self.0)(&mut registry, &targets);
+        registry
+    }
 }
 
 fn announce(proxy: &Proxy) {

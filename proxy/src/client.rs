@@ -580,8 +580,16 @@ pub async fn bindings(server: &ServerArgs, command: BindingsCommand) -> anyhow::
     Ok(())
 }
 
+/// `postsub kinds`.
+#[derive(Debug, clap::Args)]
+pub struct KindsArgs {
+    /// Print a JSON array with each kind's config schema (JSON Schema) instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
 /// Runs `postsub kinds`.
-pub async fn kinds(server: &ServerArgs) -> anyhow::Result<()> {
+pub async fn kinds(server: &ServerArgs, args: KindsArgs) -> anyhow::Result<()> {
     let kinds = connect(server)
         .await?
         .list_task_kinds(pb::ListTaskKindsRequest {})
@@ -593,11 +601,38 @@ pub async fn kinds(server: &ServerArgs) -> anyhow::Result<()> {
         .into_iter()
         .map(|k| {
             let modes: Vec<&str> = k.modes.iter().map(|m| mode_name(*m)).collect();
-            json!({"name": k.name, "description": k.description, "modes": modes})
+            let schema = k.config_schema.map_or(Value::Null, |schema| {
+                Value::Object(from_proto_struct(schema))
+            });
+            json!({"name": k.name, "description": k.description, "modes": modes,
+                "config_schema": schema})
         })
         .collect();
-    print_json(&Value::Array(kinds));
+    if args.json {
+        print_json(&Value::Array(kinds));
+    } else {
+        print!("{}", kinds_table(&kinds));
+    }
     Ok(())
+}
+
+fn kinds_table(kinds: &[Value]) -> String {
+    let mut table = format!("{:<16}  {:<10}  {}\n", "KIND", "MODES", "DESCRIPTION");
+    for kind in kinds {
+        let modes: Vec<&str> = kind["modes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect();
+        table += &format!(
+            "{:<16}  {:<10}  {}\n",
+            kind["name"].as_str().unwrap_or_default(),
+            modes.join(","),
+            kind["description"].as_str().unwrap_or_default()
+        );
+    }
+    table
 }
 
 /// Runs a `postsub runs` command.

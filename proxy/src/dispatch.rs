@@ -129,6 +129,7 @@ impl Dispatcher {
         let context = RunContext {
             run_id: run.run_id,
             binding_id: binding.id,
+            binding_name: binding.name.clone(),
             attempt: 1,
             state: self.state.clone(),
         };

@@ -1,4 +1,5 @@
-//! The postsub proxy and worker.
+//! The postsub proxy and worker, and [`main`]: the whole `postsub` command line, for the
+//! `postsub` binary and for a task author's own binary with more task kinds.
 //!
 //! # Layout
 //! - [`cli`]: the `postsub` command line; [`client`]: its admin-client commands.
@@ -56,3 +57,5 @@ pub mod store;
 pub mod telemetry;
 pub mod tokens;
 pub mod worker;
+
+pub use cli::main;

@@ -307,6 +307,10 @@ impl Worker {
         let context = RunContext {
             run_id: run.run_id,
             binding_id: job.binding_id,
+            binding_name: live
+                .as_ref()
+                .map(|live| live.binding.name.clone())
+                .unwrap_or_default(),
             attempt: attempt.max(1) as u32,
             state: self.state.clone(),
         };

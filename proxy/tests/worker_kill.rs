@@ -81,7 +81,7 @@ async fn a_worker_killed_mid_export_loses_and_doubles_no_row() {
     let backend = settings.backend().unwrap();
     backend.database.migrate().await.unwrap();
     let mut registry = Registry::with_builtins_for(TargetPolicy::dev());
-    registry.register(GoogleSheets::new(Endpoints {
+    registry.replace(GoogleSheets::new(Endpoints {
         sheets_base_url: emulator.sheets_base_url(),
         drive_base_url: emulator.drive_base_url(),
     }));

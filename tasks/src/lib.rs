@@ -9,6 +9,9 @@
 //! - [`targets`]: which addresses the calls a binding chooses may reach ([`TargetPolicy`]).
 //! - [`validate`]: the `validate` kind: per-field checks and CEL rules across fields.
 //! - [`webhook`]: the `webhook` kind: a signed POST (Standard Webhooks) of the submission.
+//! - [`remote`]: the `remote` kind: a task served by a service of your own, over a signed
+//!   HTTP call.
+//! - `outbound`: what the kinds calling a binding's URL share (client, checks, timeouts).
 //! - [`google_sheets`]: the `google_sheets` kind: one row per submission in a Google Sheet.
 //!
 //! # Writing a task
@@ -16,23 +19,26 @@
 //! each binding's config with [`TaskBase::parse_config`] when the binding is created, keeps
 //! the parsed config, and calls [`TaskBase::run`] once per submission (per attempt, for
 //! asynchronous bindings). Return [`TaskError::Retryable`] only where another attempt can
-//! help; the worker decides what happens next.
+//! help; the worker decides what happens next. docs/writing-a-task.md walks through it.
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]
 
 pub mod google_sheets;
+mod outbound;
 pub mod registry;
+pub mod remote;
 pub mod state;
 pub mod targets;
 pub mod task;
 pub mod validate;
 pub mod webhook;
 
-pub use registry::Registry;
+pub use registry::{DuplicateKind, Registry};
 pub use state::{MemoryState, StateError, TaskState};
 pub use targets::TargetPolicy;
 pub use task::{
     ConfigError, Flag, Mode, Outcome, PreparedTask, RunContext, Submission, TaskBase, TaskError,
+    schema_for,
 };
 
 /// Installs ring as the process's TLS crypto provider unless one is installed: the HTTP

@@ -124,6 +124,14 @@ impl TargetPolicy {
         }
     }
 
+    /// An HTTP client for the calls a binding chooses: it connects only to addresses this
+    /// policy allows (hostnames checked as they resolve), follows no redirect (a 3xx could
+    /// lead anywhere) and names itself `postsub/<version>`. Pair it with
+    /// [`TargetPolicy::check_url`] on the binding's URL, and [`refused_in`] on its errors.
+    pub fn http_client(&self) -> reqwest::Client {
+        crate::outbound::client(self)
+    }
+
     /// Whether `url` may be called, as far as it tells before any DNS lookup: an address in
     /// it is checked, and `localhost` names are loopback. Other hostnames are checked when
     /// they resolve (see [`TargetPolicy::resolver`]).

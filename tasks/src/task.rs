@@ -74,6 +74,8 @@ pub struct RunContext {
     pub run_id: Uuid,
     /// The binding being run.
     pub binding_id: Uuid,
+    /// Its name (unique per form).
+    pub binding_name: String,
     /// 1 for the first attempt. Above 1, an earlier attempt may have had its side effect
     /// without being recorded: check before repeating it.
     pub attempt: u32,
@@ -86,6 +88,7 @@ impl fmt::Debug for RunContext {
         f.debug_struct("RunContext")
             .field("run_id", &self.run_id)
             .field("binding_id", &self.binding_id)
+            .field("binding_name", &self.binding_name)
             .field("attempt", &self.attempt)
             .finish_non_exhaustive()
     }
@@ -159,13 +162,33 @@ impl TaskError {
 pub struct ConfigError(pub String);
 
 impl ConfigError {
-    /// Deserializes a binding config, which must be a JSON object, into a kind's config type.
+    /// Deserializes a binding config, which must be a JSON object, into a kind's config type;
+    /// the error names the path of what does not fit (`rules[2].expr: invalid type: …`).
     pub fn parse<T: serde::de::DeserializeOwned>(config: &Value) -> Result<T, ConfigError> {
         if !config.is_object() {
             return Err(ConfigError("config must be a JSON object".into()));
         }
-        T::deserialize(config).map_err(|err| ConfigError(format!("config does not parse: {err}")))
+        serde_path_to_error::deserialize(config).map_err(|err| {
+            let path = err.path().to_string();
+            let inner = err.into_inner();
+            if path == "." {
+                ConfigError(format!("config does not parse: {inner}"))
+            } else {
+                ConfigError(format!("{path}: {inner}"))
+            }
+        })
     }
+
+    /// An error about the part of a config at `path` (`rules[2].expr`, `fields.age`).
+    pub fn at(path: impl fmt::Display, message: impl fmt::Display) -> Self {
+        ConfigError(format!("{path}: {message}"))
+    }
+}
+
+/// The JSON Schema of a kind's config type: what [`TaskBase::config_schema`] returns for
+/// the type [`ConfigError::parse`] reads, so the two cannot drift apart.
+pub fn schema_for<T: schemars::JsonSchema>() -> Value {
+    serde_json::to_value(schemars::schema_for!(T)).expect("a schema is JSON")
 }
 
 /// A kind of post-submission task.
@@ -189,7 +212,11 @@ pub trait TaskBase: Send + Sync + 'static {
         &[Mode::Sync, Mode::Async]
     }
 
-    /// Parses and checks a binding's JSON config.
+    /// The config as JSON Schema: [`schema_for`] of the type `parse_config` deserializes.
+    fn config_schema(&self) -> Value;
+
+    /// Parses and checks a binding's JSON config. Name the path of what is wrong in the
+    /// error ([`ConfigError::parse`] and [`ConfigError::at`] do).
     fn parse_config(&self, config: &Value) -> Result<Self::Config, ConfigError>;
 
     /// The config as the admin API shows it: secrets masked. The default shows it whole.
@@ -214,6 +241,8 @@ pub trait DynTask: Send + Sync {
     fn description(&self) -> &'static str;
     /// See [`TaskBase::modes`].
     fn modes(&self) -> &'static [Mode];
+    /// See [`TaskBase::config_schema`].
+    fn config_schema(&self) -> Value;
     /// Parses a binding config into a task ready to run.
     fn prepare(&self, config: &Value) -> Result<Arc<dyn PreparedTask>, ConfigError>;
     /// See [`TaskBase::redact_config`].
@@ -264,6 +293,10 @@ impl<T: TaskBase> DynTask for Erased<T> {
 
     fn redact_config(&self, config: &Value) -> Value {
         self.0.redact_config(config)
+    }
+
+    fn config_schema(&self) -> Value {
+        self.0.config_schema()
     }
 
     fn prepare(&self, config: &Value) -> Result<Arc<dyn PreparedTask>, ConfigError> {

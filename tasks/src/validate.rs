@@ -21,6 +21,7 @@ use std::{
 use async_trait::async_trait;
 use cel::{Context, Env, Program, Value as CelValue, objects::ResolveResult};
 use regex::Regex;
+use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
@@ -41,7 +42,7 @@ impl Validate {
 }
 
 /// The JSON type an answer must have.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum FieldType {
     /// A JSON string.
@@ -84,11 +85,14 @@ impl FieldType {
     }
 }
 
-#[derive(Debug, Deserialize)]
+/// The checks of one answer, by its question key.
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct FieldSpec {
+    /// The answer must be present, not null and not blank.
     #[serde(default)]
     required: bool,
+    /// The JSON type the answer must have.
     #[serde(rename = "type")]
     ty: Option<FieldType>,
     /// Smallest allowed number.
@@ -105,21 +109,33 @@ struct FieldSpec {
     one_of: Option<Vec<Value>>,
 }
 
-#[derive(Debug, Deserialize)]
+/// A business rule across answers, in CEL.
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct RuleSpec {
+    /// Unique within the binding; the flag's `rule`.
     name: String,
+    /// A CEL expression over the answers (each a variable, all of them as `answers`) that
+    /// is true when the answers are fine.
+    #[schemars(length(max = 2000))]
     expr: String,
+    /// The question key the flag names (default: the first answer the rule reads).
     field: Option<String>,
+    /// The flag's message (default: says which rule broke).
     message: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+/// A `validate` binding's config.
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(title = "validate config")]
 struct ConfigSpec {
+    /// Checks per answer, by question key.
     #[serde(default)]
     fields: BTreeMap<String, FieldSpec>,
+    /// Rules across answers, checked in order.
     #[serde(default)]
+    #[schemars(length(max = 100))]
     rules: Vec<RuleSpec>,
 }
 
@@ -137,18 +153,25 @@ const PATTERN_SIZE_LIMIT: usize = 256 * 1024;
 fn compile_pattern(key: &str, pattern: &str) -> Result<Regex, ConfigError> {
     let length = pattern.chars().count();
     if length > MAX_PATTERN_CHARS {
-        return Err(ConfigError(format!(
-            "field `{key}`: the pattern is {length} characters; the limit is {MAX_PATTERN_CHARS}"
-        )));
+        return Err(ConfigError::at(
+            format_args!("fields.{key}.pattern"),
+            format_args!("the pattern is {length} characters; the limit is {MAX_PATTERN_CHARS}"),
+        ));
     }
     regex::RegexBuilder::new(pattern)
         .size_limit(PATTERN_SIZE_LIMIT)
         .build()
         .map_err(|err| match err {
-            regex::Error::CompiledTooBig(_) => ConfigError(format!(
-                "field `{key}`: the pattern compiles to more than {PATTERN_SIZE_LIMIT} bytes, the limit"
-            )),
-            err => ConfigError(format!("field `{key}`: pattern does not compile: {err}")),
+            regex::Error::CompiledTooBig(_) => ConfigError::at(
+                format_args!("fields.{key}.pattern"),
+                format_args!(
+                    "the pattern compiles to more than {PATTERN_SIZE_LIMIT} bytes, the limit"
+                ),
+            ),
+            err => ConfigError::at(
+                format_args!("fields.{key}.pattern"),
+                format_args!("pattern does not compile: {err}"),
+            ),
         })
 }
 
@@ -179,22 +202,30 @@ impl TaskBase for Validate {
         "Checks answers: required, type, min/max, length, pattern, one_of, and CEL rules across fields"
     }
 
+    fn config_schema(&self) -> Value {
+        crate::schema_for::<ConfigSpec>()
+    }
+
     fn parse_config(&self, config: &Value) -> Result<ValidateConfig, ConfigError> {
         let spec = ConfigError::parse::<ConfigSpec>(config)?;
         if spec.rules.len() > MAX_RULES {
-            return Err(ConfigError(format!(
-                "{} rules; a binding may have at most {MAX_RULES}",
-                spec.rules.len()
-            )));
+            return Err(ConfigError::at(
+                "rules",
+                format_args!(
+                    "{} rules; a binding may have at most {MAX_RULES}",
+                    spec.rules.len()
+                ),
+            ));
         }
         let mut fields = Vec::with_capacity(spec.fields.len());
         for (key, field) in spec.fields {
             if let (Some(min), Some(max)) = (field.min, field.max)
                 && min > max
             {
-                return Err(ConfigError(format!(
-                    "field `{key}`: min {min} is greater than max {max}"
-                )));
+                return Err(ConfigError::at(
+                    format_args!("fields.{key}"),
+                    format_args!("min {min} is greater than max {max}"),
+                ));
             }
             let pattern = field
                 .pattern
@@ -204,22 +235,31 @@ impl TaskBase for Validate {
             fields.push((key, field, pattern));
         }
         let mut rules = Vec::with_capacity(spec.rules.len());
-        for rule in spec.rules {
+        for (index, rule) in spec.rules.into_iter().enumerate() {
             if rules.iter().any(|r: &Rule| r.name == rule.name) {
-                return Err(ConfigError(format!("two rules are named `{}`", rule.name)));
+                return Err(ConfigError::at(
+                    format_args!("rules[{index}].name"),
+                    format_args!("two rules are named `{}`", rule.name),
+                ));
             }
             let length = rule.expr.chars().count();
             if length > MAX_EXPR_CHARS {
-                return Err(ConfigError(format!(
-                    "rule `{}`: the expression is {length} characters; the limit is {MAX_EXPR_CHARS}",
-                    rule.name
-                )));
+                return Err(ConfigError::at(
+                    format_args!("rules[{index}].expr"),
+                    format_args!(
+                        "rule `{}`: the expression is {length} characters; the limit is {MAX_EXPR_CHARS}",
+                        rule.name
+                    ),
+                ));
             }
             let program = CEL_ENV.compile(&rule.expr).map_err(|err| {
-                ConfigError(format!(
-                    "rule `{}`: expression `{}` does not compile: {err}",
-                    rule.name, rule.expr
-                ))
+                ConfigError::at(
+                    format_args!("rules[{index}].expr"),
+                    format_args!(
+                        "rule `{}`: expression `{}` does not compile: {err}",
+                        rule.name, rule.expr
+                    ),
+                )
             })?;
             let mut variables: Vec<String> = program
                 .references()
@@ -581,12 +621,13 @@ mod tests {
             .collect();
         assert_eq!(
             err(json!({ "rules": rules })),
-            "101 rules; a binding may have at most 100"
+            "rules: 101 rules; a binding may have at most 100"
         );
         let long = vec!["a"; 1001].join(" + ");
         assert!(
-            err(json!({"rules": [{"name": "long", "expr": long}]}))
-                .starts_with("rule `long`: the expression is 4001 characters; the limit is 2000")
+            err(json!({"rules": [{"name": "long", "expr": long}]})).starts_with(
+                "rules[0].expr: rule `long`: the expression is 4001 characters; the limit is 2000"
+            )
         );
         assert!(
             err(json!({"fields": {"x": {"pattern": "a".repeat(1001)}}}))
@@ -621,19 +662,37 @@ mod tests {
     #[test]
     fn bad_configs_are_refused_with_the_reason() {
         let err = |config: Value| Validate.parse_config(&config).err().unwrap().0;
+        let ok = json!({"name": "ok", "expr": "true"});
         assert!(
-            err(json!({"rules": [{"name": "r", "expr": "a <="}]}))
-                .starts_with("rule `r`: expression `a <=` does not compile")
+            err(json!({"rules": [ok, ok.clone(), {"name": "r", "expr": "a <="}]}))
+                .starts_with("rules[1].name: two rules are named `ok`")
+        );
+        assert!(
+            err(
+                json!({"rules": [ok, {"name": "s", "expr": "true"}, {"name": "r", "expr": "a <="}]})
+            )
+            .starts_with("rules[2].expr: rule `r`: expression `a <=` does not compile")
+        );
+        assert!(
+            err(json!({"rules": [ok, {"name": "s", "expr": 3}]}))
+                .starts_with("rules[1].expr: invalid type: integer `3`, expected a string")
         );
         assert!(
             err(json!({"fields": {"a": {"pattern": "("}}}))
-                .starts_with("field `a`: pattern does not compile")
+                .starts_with("fields.a.pattern: pattern does not compile")
         );
-        assert!(err(json!({"fields": {"a": {"type": "date"}}})).contains("unknown variant `date`"));
         assert!(
-            err(json!({"fields": {"a": {"requird": true}}})).contains("unknown field `requird`")
+            err(json!({"fields": {"a": {"type": "date"}}}))
+                .starts_with("fields.a.type: unknown variant `date`")
         );
-        assert!(err(json!({"fields": {"a": {"min": 5, "max": 1}}})).contains("min 5 is greater"));
+        assert!(
+            err(json!({"fields": {"a": {"requird": true}}}))
+                .starts_with("fields.a: unknown field `requird`")
+        );
+        assert!(
+            err(json!({"fields": {"a": {"min": 5, "max": 1}}}))
+                .starts_with("fields.a: min 5 is greater")
+        );
         assert_eq!(err(json!([])), "config must be a JSON object");
     }
 }

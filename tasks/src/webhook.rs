@@ -19,16 +19,16 @@ use async_trait::async_trait;
 use base64::{Engine as _, engine::general_purpose::STANDARD as BASE64};
 use hmac::{Hmac, Mac};
 use reqwest::{StatusCode, Url, header};
+use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use sha2::Sha256;
 
 use crate::{
-    ConfigError, Mode, Outcome, RunContext, Submission, TargetPolicy, TaskBase, TaskError,
+    ConfigError, Mode, Outcome, RunContext, Submission, TargetPolicy, TaskBase, TaskError, outbound,
 };
 
 const SECRET_PREFIX: &str = "whsec_";
-const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The `webhook` task kind; holds one HTTP client (connection pool) for all bindings.
 #[derive(Debug, Clone)]
@@ -45,17 +45,10 @@ impl Webhook {
 
     /// The task kind, calling the addresses `targets` allows (see [`crate::targets`]).
     pub fn with_targets(targets: TargetPolicy) -> Self {
-        crate::install_crypto_provider();
-        let client = reqwest::Client::builder()
-            .user_agent(concat!("postsub/", env!("CARGO_PKG_VERSION")))
-            .connect_timeout(Duration::from_secs(5))
-            .dns_resolver(targets.resolver())
-            // A redirect could lead anywhere, the private network included: a webhook
-            // answers the URL it was given, and a 3xx is its answer.
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .expect("the HTTP client has a crypto provider and no bad settings");
-        Self { client, targets }
+        Self {
+            client: outbound::client(&targets),
+            targets,
+        }
     }
 }
 
@@ -65,12 +58,20 @@ impl Default for Webhook {
     }
 }
 
-#[derive(Debug, Deserialize)]
+/// A `webhook` binding's config.
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct ConfigSpec {
-    url: String,
-    secret: String,
-    timeout: Option<String>,
+#[schemars(title = "webhook config")]
+pub(crate) struct ConfigSpec {
+    /// Where to POST: http(s), a public address unless the operator allows more.
+    #[schemars(url)]
+    pub(crate) url: String,
+    /// The Standard Webhooks signing secret, `whsec_` and base64; shown masked.
+    #[schemars(regex(pattern = r"^whsec_[A-Za-z0-9+/]+=*$"), extend("writeOnly" = true))]
+    pub(crate) secret: String,
+    /// How long one delivery may take, whole seconds like `10s` (default `10s`).
+    #[schemars(regex(pattern = r"^[1-9][0-9]*s$"))]
+    pub(crate) timeout: Option<String>,
 }
 
 /// A parsed `webhook` config.
@@ -107,36 +108,21 @@ impl TaskBase for Webhook {
         &[Mode::Async]
     }
 
+    fn config_schema(&self) -> Value {
+        crate::schema_for::<ConfigSpec>()
+    }
+
     fn parse_config(&self, config: &Value) -> Result<WebhookConfig, ConfigError> {
         let spec = ConfigError::parse::<ConfigSpec>(config)?;
-        let url = Url::parse(&spec.url)
-            .map_err(|err| ConfigError(format!("url `{}` does not parse: {err}", spec.url)))?;
-        if !matches!(url.scheme(), "http" | "https") {
-            return Err(ConfigError(format!(
-                "url `{url}` must start with http:// or https://"
-            )));
-        }
-        self.targets
-            .check_url(&url)
-            .map_err(|refused| ConfigError(format!("url `{url}`: {refused}")))?;
-        let key = signing_key(&spec.secret).map_err(ConfigError)?;
-        let timeout = match spec.timeout.as_deref() {
-            None => DEFAULT_TIMEOUT,
-            Some(text) => parse_seconds(text).ok_or_else(|| {
-                ConfigError(format!(
-                    "timeout `{text}` does not parse: write whole seconds like `10s`"
-                ))
-            })?,
-        };
-        Ok(WebhookConfig { url, key, timeout })
+        Ok(WebhookConfig {
+            url: outbound::target_url(&spec.url, &self.targets)?,
+            key: signing_key(&spec.secret).map_err(|err| ConfigError(format!("secret: {err}")))?,
+            timeout: outbound::timeout(spec.timeout.as_deref())?,
+        })
     }
 
     fn redact_config(&self, config: &Value) -> Value {
-        let mut config = config.clone();
-        if let Some(secret) = config.get_mut("secret") {
-            *secret = Value::String(format!("{SECRET_PREFIX}********"));
-        }
-        config
+        redact_secret(config)
     }
 
     async fn run(
@@ -155,17 +141,7 @@ impl TaskBase for Webhook {
         let response = signed(request, &config.key, &context.run_id.to_string(), body)
             .send()
             .await
-            .map_err(|err| match crate::targets::refused_in(&err) {
-                // Another attempt would be refused the same way.
-                Some(refused) => {
-                    TaskError::fatal(format!("POST {} refused: {refused}", config.url))
-                }
-                None => TaskError::retryable(format!(
-                    "POST {} failed: {}",
-                    config.url,
-                    crate::error_chain(&err)
-                )),
-            })?;
+            .map_err(|err| outbound::send_error(&config.url, &err))?;
         let status = response.status();
         if status.is_success() {
             return Ok(Outcome {
@@ -173,17 +149,12 @@ impl TaskBase for Webhook {
                 flags: Vec::new(),
             });
         }
-        let retry_after = response
-            .headers()
-            .get(header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(Duration::from_secs);
-        let text = response.text().await.unwrap_or_default();
+        let retry_after = outbound::retry_after(&response);
+        let text = response.bytes().await.unwrap_or_default();
         let message = format!(
             "POST {} answered {status}: {}",
             config.url,
-            text.chars().take(200).collect::<String>()
+            outbound::excerpt(&text)
         );
         if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
             Err(TaskError::Retryable {
@@ -236,9 +207,13 @@ fn sign(key: &[u8], id: &str, timestamp: i64, body: &str) -> String {
     format!("v1,{}", BASE64.encode(mac.finalize().into_bytes()))
 }
 
-fn parse_seconds(text: &str) -> Option<Duration> {
-    let seconds: u64 = text.strip_suffix('s')?.parse().ok()?;
-    (seconds > 0).then(|| Duration::from_secs(seconds))
+/// `config` with its `secret` masked, as the admin API shows it.
+pub(crate) fn redact_secret(config: &Value) -> Value {
+    let mut config = config.clone();
+    if let Some(secret) = config.get_mut("secret") {
+        *secret = Value::String(format!("{SECRET_PREFIX}********"));
+    }
+    config
 }
 
 #[cfg(test)]
@@ -268,7 +243,8 @@ mod tests {
         assert!(err(json!({"url": "http://x/"})).contains("missing field `secret`"));
         assert!(
             err(json!({"url": "http://x/", "secret": "whsec_c2VjcmV0", "timeout": "soon"}))
-                .contains("timeout `soon`")
+                .starts_with("timeout: `soon`")
         );
+        assert!(err(json!({"url": "http://x/", "secret": 7})).starts_with("secret: invalid type"));
     }
 }

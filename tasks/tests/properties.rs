@@ -206,6 +206,7 @@ fn run(config: &Parsed, answers: &Map<String, Value>) -> Outcome {
     let context = RunContext {
         run_id: Uuid::nil(),
         binding_id: Uuid::nil(),
+        binding_name: String::new(),
         attempt: 1,
         state: Arc::new(MemoryState::default()),
     };

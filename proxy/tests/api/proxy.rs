@@ -143,7 +143,7 @@ async fn bindings_with_bad_kind_mode_or_config_are_refused_with_the_reason(backe
             ))
             .await,
         Code::InvalidArgument,
-        "rule `r`: expression `monthly_savings <=` does not compile",
+        "rules[0].expr: rule `r`: expression `monthly_savings <=` does not compile",
     );
     assert_status(
         admin

@@ -2,11 +2,7 @@
 //! cargo runs them one after another).
 #![allow(dead_code)] // each binary uses its own part of this module
 
-use std::{
-    path::Path,
-    process::Stdio,
-    time::{Duration, Instant},
-};
+use std::path::Path;
 
 use postsub::{
     json::to_proto_struct,
@@ -16,7 +12,7 @@ use postsub_proxy::{app::DevStack, settings::DevSettings};
 use postsub_tasks::{Registry, TargetPolicy};
 use postsub_testkit::{TestBroker, TestDatabase};
 use serde_json::Value;
-use tokio::process::{Child, Command};
+use tokio::process::Child;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -92,33 +88,11 @@ pub fn process_request(form: Uuid, answers: Value) -> pb::ProcessRequest {
     }
 }
 
-/// A port nothing listens on now, for a process that must be reached at a known address
-/// (and started again on the same one).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .expect("a free port")
-        .port()
-}
+pub use postsub_testkit::process::{free_port, terminate, wait_for_proxy};
 
 /// Starts the `postsub` binary with `args` and `env`, its stderr appended to `log`.
 pub fn postsub(args: &[&str], env: &[(&str, &str)], log: &Path) -> Child {
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-        .expect("open the process log");
-    Command::new(env!("CARGO_BIN_EXE_postsub"))
-        .args(args)
-        .env_remove("AMQP_URL")
-        // `env` may set its own.
-        .env("RUST_LOG", "info")
-        .envs(env.iter().copied())
-        .stdout(Stdio::null())
-        .stderr(log)
-        .kill_on_drop(true)
-        .spawn()
-        .expect("the postsub binary starts")
+    postsub_testkit::process::spawn(env!("CARGO_BIN_EXE_postsub"), args, env, log)
 }
 
 /// Runs the `postsub` command line to its end with `env`, and without the token or AMQP_URL
@@ -131,33 +105,6 @@ pub fn run_postsub(args: &[&str], env: &[(&str, &str)]) -> std::process::Output 
         .envs(env.iter().copied())
         .output()
         .expect("the postsub binary runs")
-}
-
-/// Waits until the admin API at `grpc` answers.
-pub async fn wait_for_proxy(grpc: &str) {
-    let start = Instant::now();
-    while TaskAdminClient::connect(grpc.to_owned()).await.is_err() {
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "the proxy at {grpc} did not start"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// Sends SIGTERM to `child` and waits for it to exit; true when it exited cleanly.
-pub async fn terminate(child: &mut Child) -> bool {
-    let pid = child.id().expect("a running child").to_string();
-    let sent = std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .expect("kill runs");
-    assert!(sent.success(), "kill -TERM {pid}");
-    tokio::time::timeout(Duration::from_secs(40), child.wait())
-        .await
-        .expect("the process stops within its drain timeout")
-        .expect("wait for the process")
-        .success()
 }
 
 /// Every run of `form`, through the admin API at `grpc`.

@@ -35,6 +35,7 @@ use std::{
 use async_trait::async_trait;
 use google_drive3::api::Permission;
 use google_sheets4::api::{Scope, Sheet, SheetProperties, Spreadsheet, SpreadsheetProperties};
+use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 use tokio::sync::{OnceCell, mpsc, oneshot};
@@ -115,21 +116,38 @@ impl GoogleSheets {
     }
 }
 
-#[derive(Debug, Deserialize)]
+/// A `google_sheets` binding's config; every field is optional.
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(title = "google_sheets config")]
 struct ConfigSpec {
+    /// The spreadsheet to append to (the part of its URL after `/d/`); without it, the
+    /// first run creates one and keeps its id in the binding's task state.
+    #[schemars(regex(pattern = r"^[A-Za-z0-9_-]+$"))]
     spreadsheet_id: Option<String>,
+    /// The name of a created spreadsheet (default "postsub form <form id>").
     title: Option<String>,
+    /// The tab rows go to (default "Responses").
     sheet: Option<String>,
+    /// E-mail addresses a created spreadsheet is shared with, as writers.
     #[serde(default)]
     share_with: Vec<String>,
+    /// Answer keys that come first in the header, in this order.
     #[serde(default)]
     columns: Vec<String>,
+    /// Header labels that replace answer keys (`{"email": "E-mail"}`).
     #[serde(default)]
+    #[schemars(with = "std::collections::BTreeMap<String, String>")]
     labels: Map<String, Value>,
+    /// The service-account key file (default: GOOGLE_APPLICATION_CREDENTIALS).
     credentials_file: Option<PathBuf>,
+    /// Most writes per minute to this spreadsheet (default 50; Google allows 60).
+    #[schemars(range(min = 1))]
     max_writes_per_minute: Option<u32>,
+    /// Most rows one write appends (default 500).
+    #[schemars(range(min = 1, max = 10_000))]
     batch_rows: Option<usize>,
+    /// How long a row waits for others to share its write, like `200ms` (default).
     batch_wait: Option<String>,
 }
 
@@ -166,11 +184,15 @@ impl TaskBase for GoogleSheets {
         &[Mode::Async]
     }
 
+    fn config_schema(&self) -> Value {
+        crate::schema_for::<ConfigSpec>()
+    }
+
     fn parse_config(&self, config: &Value) -> Result<SheetsConfig, ConfigError> {
         let spec = ConfigError::parse::<ConfigSpec>(config)?;
         let sheet = spec.sheet.unwrap_or_else(|| "Responses".into());
         if sheet.trim().is_empty() {
-            return Err(ConfigError("sheet cannot be empty".into()));
+            return Err(ConfigError::at("sheet", "cannot be empty"));
         }
         if let Some(id) = &spec.spreadsheet_id
             && (id.is_empty()
@@ -178,34 +200,46 @@ impl TaskBase for GoogleSheets {
                     .chars()
                     .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'))
         {
-            return Err(ConfigError(format!(
-                "spreadsheet_id `{id}` is not a spreadsheet id (the part of the sheet's URL after /d/)"
-            )));
+            return Err(ConfigError::at(
+                "spreadsheet_id",
+                format_args!(
+                    "`{id}` is not a spreadsheet id (the part of the sheet's URL after /d/)"
+                ),
+            ));
         }
-        if let Some(bad) = spec.share_with.iter().find(|e| !e.contains('@')) {
-            return Err(ConfigError(format!(
-                "share_with: `{bad}` is not an e-mail address"
-            )));
+        if let Some((index, bad)) = spec
+            .share_with
+            .iter()
+            .enumerate()
+            .find(|(_, e)| !e.contains('@'))
+        {
+            return Err(ConfigError::at(
+                format_args!("share_with[{index}]"),
+                format_args!("`{bad}` is not an e-mail address"),
+            ));
         }
         if let Some((key, _)) = spec.labels.iter().find(|(_, label)| !label.is_string()) {
-            return Err(ConfigError(format!(
-                "labels: the label of `{key}` must be a string"
-            )));
+            return Err(ConfigError::at(
+                format_args!("labels.{key}"),
+                "a label must be a string",
+            ));
         }
         let max_writes_per_minute = spec.max_writes_per_minute.unwrap_or(50);
         if max_writes_per_minute == 0 {
-            return Err(ConfigError(
-                "max_writes_per_minute must be at least 1".into(),
+            return Err(ConfigError::at(
+                "max_writes_per_minute",
+                "must be at least 1",
             ));
         }
         let batch_rows = spec.batch_rows.unwrap_or(500);
         if !(1..=10_000).contains(&batch_rows) {
-            return Err(ConfigError("batch_rows must be between 1 and 10000".into()));
+            return Err(ConfigError::at("batch_rows", "must be between 1 and 10000"));
         }
         let batch_wait = match spec.batch_wait.as_deref() {
             None => Duration::from_millis(200),
-            Some(text) => humantime::parse_duration(text)
-                .map_err(|err| ConfigError(format!("batch_wait `{text}` does not parse: {err}")))?,
+            Some(text) => humantime::parse_duration(text).map_err(|err| {
+                ConfigError::at("batch_wait", format_args!("`{text}` does not parse: {err}"))
+            })?,
         };
         Ok(SheetsConfig {
             spreadsheet_id: spec.spreadsheet_id,
