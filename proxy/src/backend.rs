@@ -13,7 +13,7 @@ use std::{
     sync::Arc,
 };
 
-use anyhow::bail;
+use anyhow::{Context as _, bail};
 use sqlx::sqlite::SqliteSynchronous;
 
 use crate::{
@@ -219,8 +219,12 @@ impl Backend {
         }
     }
 
-    /// Opens a migrated database, the queue for the task kinds `kinds`, and the recorder
-    /// (holding up to `recorder_capacity` records).
+    /// Opens a migrated database, the queue for the task kinds `kinds` and those of the
+    /// stored bindings, and the recorder (holding up to `recorder_capacity` records).
+    ///
+    /// The queue serves the bindings' kinds too so that a worker takes a job of a kind it
+    /// does not know (its proxy knew it) and dead-letters it, saying so, instead of leaving
+    /// it waiting unseen.
     pub async fn open(
         &self,
         kinds: Vec<String>,
@@ -229,6 +233,7 @@ impl Backend {
         match (&self.database, &self.broker) {
             (Database::Postgres(url), Some(broker)) => {
                 let store = Arc::new(PgStore::connect_migrated(url).await?);
+                let kinds = with_bound_kinds(store.as_ref(), kinds).await?;
                 let outbox = store.outbox();
                 let store: Arc<dyn Store> = store;
                 let (recorder, recorder_task) = Recorder::start(store.clone(), recorder_capacity);
@@ -251,6 +256,7 @@ impl Backend {
             }
             (Database::Sqlite(settings), None) => {
                 let store = SqliteStore::open(settings).await?;
+                let kinds = with_bound_kinds(&store, kinds).await?;
                 let queue = EmbeddedQueue::new(&store, kinds);
                 let store: Arc<dyn Store> = Arc::new(store);
                 let (recorder, recorder_task) = Recorder::start(store.clone(), recorder_capacity);
@@ -264,6 +270,23 @@ impl Backend {
             _ => bail!("a PostgreSQL database needs RabbitMQ, the embedded one none"),
         }
     }
+}
+
+/// `kinds` and, after them, the other kinds the stored bindings use (said in the log).
+async fn with_bound_kinds(
+    store: &dyn Store,
+    mut kinds: Vec<String>,
+) -> anyhow::Result<Vec<String>> {
+    let bindings = store.all_bindings().await.context("reading the bindings")?;
+    for binding in bindings {
+        if !kinds.contains(&binding.kind) {
+            tracing::warn!(kind = %binding.kind, binding_id = %binding.id,
+                "a binding uses a task kind this process does not know: its jobs will be \
+                 dead-lettered here");
+            kinds.push(binding.kind);
+        }
+    }
+    Ok(kinds)
 }
 
 #[cfg(test)]

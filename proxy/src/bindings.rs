@@ -29,6 +29,16 @@ struct Snapshot {
     by_id: HashMap<Uuid, Arc<LiveBinding>>,
 }
 
+/// Why a run of a binding of `kind`, which `registry` lacks, fails, and what to do.
+fn unknown_kind(registry: &Registry, kind: &str) -> String {
+    let known: Vec<&str> = registry.kinds().map(|task| task.kind()).collect();
+    format!(
+        "this process does not know the task kind `{kind}` (it knows {}): run a worker built \
+         with it, then `postsub dlq replay --kind {kind}`",
+        known.join(", ")
+    )
+}
+
 /// Shared, lock-free view of the bindings.
 #[derive(Clone)]
 pub struct BindingCache {
@@ -71,7 +81,10 @@ impl BindingCache {
                 .map_err(|err| {
                     tracing::warn!(binding_id = %binding.id, kind = %binding.kind, error = %err,
                         "stored binding does not prepare; its runs will fail");
-                    err.0
+                    match self.registry.get(&binding.kind) {
+                        Some(_) => err.0,
+                        None => unknown_kind(&self.registry, &binding.kind),
+                    }
                 });
             let live = Arc::new(LiveBinding { binding, task });
             if live.binding.enabled {

@@ -192,7 +192,7 @@ fn read_answer(
 ) -> Result<Outcome, TaskError> {
     let said = |what: &str| {
         format!(
-            "POST {url} answered {status} {what}: {}",
+            "POST {url} answered {status}{what}: {}",
             outbound::excerpt(body)
         )
     };
@@ -223,7 +223,7 @@ fn read_answer(
         });
     }
     let answer =
-        answer.map_err(|err| TaskError::fatal(said(&format!("with no answer ({err})"))))?;
+        answer.map_err(|err| TaskError::fatal(said(&format!(" with no answer ({err})"))))?;
     if let Some(error) = answer.error {
         let message = format!("POST {url}: the task failed: {error}");
         return Err(if answer.retryable == Some(true) {
@@ -239,10 +239,10 @@ fn read_answer(
         Some("ok" | "flagged") => {}
         Some(other) => {
             return Err(TaskError::fatal(said(&format!(
-                "with status `{other}`, not `ok` or `flagged`"
+                " with status `{other}`, not `ok` or `flagged`"
             ))));
         }
-        None => return Err(TaskError::fatal(said("with no `status`"))),
+        None => return Err(TaskError::fatal(said(" with no `status`"))),
     }
     let flags = answer
         .flags
@@ -255,7 +255,7 @@ fn read_answer(
                 message: flag.message,
             }),
             None => Err(TaskError::fatal(said(&format!(
-                "with flags[{index}] lacking `field`"
+                " with flags[{index}] lacking `field`"
             )))),
         })
         .collect::<Result<Vec<_>, _>>()?;

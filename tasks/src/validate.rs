@@ -685,9 +685,10 @@ mod tests {
             err(json!({"fields": {"a": {"type": "date"}}}))
                 .starts_with("fields.a.type: unknown variant `date`")
         );
+        let unknown = err(json!({"fields": {"a": {"requird": true}}}));
         assert!(
-            err(json!({"fields": {"a": {"requird": true}}}))
-                .starts_with("fields.a: unknown field `requird`")
+            unknown.starts_with("fields.a.requird: unknown field `requird`"),
+            "{unknown}"
         );
         assert!(
             err(json!({"fields": {"a": {"min": 5, "max": 1}}}))

@@ -1,5 +1,6 @@
 //! A local webhook receiver that records deliveries and checks their Standard Webhooks
-//! signature, independently of postsub's own signing code.
+//! signature, independently of postsub's own signing code. With an answer body it also
+//! stands in for a `remote` task's service.
 
 use std::{
     collections::VecDeque,
@@ -35,8 +36,10 @@ struct Inner {
     /// Print each delivery to stdout as it arrives.
     print: bool,
     deliveries: Vec<Delivery>,
-    /// Statuses to answer with, in order, before answering 200.
-    scripted: VecDeque<StatusCode>,
+    /// Statuses and bodies to answer with, in order, before answering 200 and `answer`.
+    scripted: VecDeque<(StatusCode, String)>,
+    /// The body of a 200 answer (empty unless set).
+    answer: String,
     /// How long each request waits before it is answered.
     latency: Duration,
 }
@@ -92,12 +95,24 @@ impl WebhookReceiver {
 
     /// Answers the next requests with these statuses, then 200 again.
     pub fn respond_with(&self, statuses: &[u16]) {
+        let answers: Vec<(u16, &str)> = statuses.iter().map(|s| (*s, "")).collect();
+        self.answer_with(&answers);
+    }
+
+    /// Answers the next requests with these statuses and bodies, then 200 again.
+    pub fn answer_with(&self, answers: &[(u16, &str)]) {
         let mut inner = self.inner.lock().expect("receiver lock");
-        inner.scripted.extend(
-            statuses
-                .iter()
-                .map(|s| StatusCode::from_u16(*s).expect("valid status")),
-        );
+        inner.scripted.extend(answers.iter().map(|(status, body)| {
+            (
+                StatusCode::from_u16(*status).expect("valid status"),
+                (*body).to_owned(),
+            )
+        }));
+    }
+
+    /// Answers 200 with `body` (a `remote` task's answer, say) from now on.
+    pub fn set_answer(&self, body: &str) {
+        self.inner.lock().expect("receiver lock").answer = body.to_owned();
     }
 
     /// Answers every request only after `latency` (a slow receiver).
@@ -120,7 +135,7 @@ async fn receive(
     State((inner, key)): State<(Arc<Mutex<Inner>>, Vec<u8>)>,
     headers: HeaderMap,
     body: Bytes,
-) -> StatusCode {
+) -> (StatusCode, String) {
     let header = |name: &str| {
         headers
             .get(name)
@@ -148,7 +163,10 @@ async fn receive(
         body: serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null),
         signature_ok,
     };
-    let status = inner.scripted.pop_front().unwrap_or(StatusCode::OK);
+    let (status, answer) = inner
+        .scripted
+        .pop_front()
+        .unwrap_or_else(|| (StatusCode::OK, inner.answer.clone()));
     if inner.print {
         println!(
             "{}",
@@ -157,5 +175,5 @@ async fn receive(
         );
     }
     inner.deliveries.push(delivery);
-    status
+    (status, answer)
 }

@@ -38,6 +38,9 @@ impl TaskBase for Hang {
     fn description(&self) -> &'static str {
         "never returns"
     }
+    fn config_schema(&self) -> Value {
+        json!({"type": "object"})
+    }
     fn parse_config(&self, _: &Value) -> Result<(), ConfigError> {
         Ok(())
     }
@@ -58,6 +61,9 @@ impl TaskBase for Panic {
     fn description(&self) -> &'static str {
         "panics"
     }
+    fn config_schema(&self) -> Value {
+        json!({"type": "object"})
+    }
     fn parse_config(&self, _: &Value) -> Result<(), ConfigError> {
         Ok(())
     }
@@ -69,7 +75,7 @@ impl TaskBase for Panic {
 /// Fails its first `failures` attempts with a retryable error, then succeeds.
 struct Flaky;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 struct FlakyConfig {
     failures: u32,
 }
@@ -82,6 +88,9 @@ impl TaskBase for Flaky {
     }
     fn description(&self) -> &'static str {
         "fails its first attempts, then succeeds"
+    }
+    fn config_schema(&self) -> Value {
+        postsub_tasks::schema_for::<Self::Config>()
     }
     fn parse_config(&self, config: &Value) -> Result<FlakyConfig, ConfigError> {
         ConfigError::parse(config)
@@ -111,7 +120,7 @@ struct Outage {
     up: Arc<AtomicBool>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 struct OutageConfig {
     #[serde(default)]
     fatal: bool,
@@ -125,6 +134,9 @@ impl TaskBase for Outage {
     }
     fn description(&self) -> &'static str {
         "fails until the service is up"
+    }
+    fn config_schema(&self) -> Value {
+        postsub_tasks::schema_for::<Self::Config>()
     }
     fn parse_config(&self, config: &Value) -> Result<OutageConfig, ConfigError> {
         ConfigError::parse(config)
@@ -290,17 +302,7 @@ impl TestProxy {
 
     /// Waits until the run is in `status`, then returns it.
     pub async fn run_in(&self, run_id: &str, status: pb::RunStatus) -> pb::Run {
-        eventually(&format!("run {run_id} to be {status:?}"), || async {
-            self.admin()
-                .await
-                .get_run(pb::GetRunRequest {
-                    run_id: run_id.into(),
-                })
-                .await
-                .is_ok_and(|run| run.into_inner().status() == status)
-        })
-        .await;
-        self.run(run_id).await
+        run_in(&self.url(), run_id, status).await
     }
 
     /// What the queue holds of `kind`.
@@ -321,6 +323,25 @@ impl TestProxy {
     pub async fn dead_letters(&self, kind: &str) -> u64 {
         self.queue(kind).await.dead
     }
+}
+
+/// Waits until the run is in `status` at the admin API at `url`, then returns it.
+pub async fn run_in(url: &str, run_id: &str, status: pb::RunStatus) -> pb::Run {
+    let mut admin = TaskAdminClient::connect(url.to_owned()).await.unwrap();
+    let get = pb::GetRunRequest {
+        run_id: run_id.into(),
+    };
+    eventually(&format!("run {run_id} to be {status:?}"), || {
+        let (mut admin, get) = (admin.clone(), get.clone());
+        async move {
+            admin
+                .get_run(get)
+                .await
+                .is_ok_and(|run| run.into_inner().status() == status)
+        }
+    })
+    .await;
+    admin.get_run(get).await.unwrap().into_inner()
 }
 
 pub fn object(value: Value) -> prost_types::Struct {

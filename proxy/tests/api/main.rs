@@ -9,5 +9,6 @@ mod console;
 mod embedded;
 mod helpers;
 mod proxy;
+mod remote;
 mod retries;
 mod store;

@@ -88,6 +88,7 @@ pub fn process_request(form: Uuid, answers: Value) -> pb::ProcessRequest {
     }
 }
 
+#[allow(unused_imports)] // each binary uses its own part of this module
 pub use postsub_testkit::process::{free_port, terminate, wait_for_proxy};
 
 /// Starts the `postsub` binary with `args` and `env`, its stderr appended to `log`.

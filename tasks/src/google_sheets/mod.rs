@@ -529,11 +529,22 @@ mod tests {
             err(json!({"spreadsheet_id": "https://docs.google.com/x"}))
                 .contains("not a spreadsheet id")
         );
-        assert!(err(json!({"share_with": ["ops"]})).contains("`ops` is not an e-mail address"));
-        assert!(err(json!({"sheet": " "})).contains("sheet cannot be empty"));
-        assert!(err(json!({"labels": {"a": 1}})).contains("label of `a` must be a string"));
-        assert!(err(json!({"max_writes_per_minute": 0})).contains("at least 1"));
-        assert!(err(json!({"batch_wait": "soon"})).contains("batch_wait `soon`"));
+        assert_eq!(
+            err(json!({"share_with": ["a@b.org", "ops"]})),
+            "share_with[1]: `ops` is not an e-mail address"
+        );
+        assert_eq!(err(json!({"sheet": " "})), "sheet: cannot be empty");
+        assert_eq!(
+            err(json!({"labels": {"a": 1}})),
+            "labels.a: a label must be a string"
+        );
+        assert_eq!(
+            err(json!({"max_writes_per_minute": 0})),
+            "max_writes_per_minute: must be at least 1"
+        );
+        assert!(
+            err(json!({"batch_wait": "soon"})).starts_with("batch_wait: `soon` does not parse")
+        );
         assert!(err(json!({"spreadsheet": "x"})).contains("unknown field `spreadsheet`"));
     }
 }
