@@ -19,11 +19,14 @@ import json
 import os
 import sys
 
-import grpc
-from google.protobuf import descriptor_pool, json_format, message_factory
-from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
-    ProtoReflectionDescriptorDatabase,
-)
+try:
+    import grpc
+    from google.protobuf import descriptor_pool, json_format, message_factory
+    from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
+        ProtoReflectionDescriptorDatabase,
+    )
+except ImportError as err:
+    sys.exit(f"reflect.py: {err}; install its packages: pip install grpcio grpcio-reflection protobuf")
 
 # Doubles above this are not all whole numbers an integer can hold exactly.
 EXACT_INTEGERS = 2**53

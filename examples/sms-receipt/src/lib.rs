@@ -207,14 +207,14 @@ impl TaskBase for SmsReceipt {
         if let Some(sid) = state_get(context, &sent_key).await? {
             return Ok(sent(&sid, "sent by an earlier attempt"));
         }
-        if self.may_have_sent(context).await? {
-            if let Some(sid) = self.find_sent(config, to, &body).await? {
-                state_put(context, &sent_key, &sid).await?;
-                return Ok(sent(
-                    &sid,
-                    "found: sent by an earlier attempt that was not recorded",
-                ));
-            }
+        if self.may_have_sent(context).await?
+            && let Some(sid) = self.find_sent(config, to, &body).await?
+        {
+            state_put(context, &sent_key, &sid).await?;
+            return Ok(sent(
+                &sid,
+                "found: sent by an earlier attempt that was not recorded",
+            ));
         }
         let sid = self.send(config, to, &body).await?;
         state_put(context, &sent_key, &sid).await?;

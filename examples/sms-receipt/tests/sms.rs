@@ -134,7 +134,7 @@ fn bad_configs_name_the_path_and_the_schema_describes_the_config() {
         for (key, value) in change.as_object().unwrap() {
             config[key] = value.clone();
         }
-        task.parse_config(&config).err().expect("refused").0
+        task.parse_config(&config).expect_err("refused").0
     };
     assert_eq!(
         err(json!({"body": "Hi {{name"})),

@@ -158,6 +158,39 @@ async fn a_sync_remote_tasks_flags_come_back_with_the_submit_response(backend: B
         "{}",
         result.error
     );
+
+    // An answer over 1 MiB is not read to its end: the run fails, saying why.
+    receiver.set_answer(&" ".repeat(2 << 20));
+    let reply = PostSubmissionClient::connect(proxy.url())
+        .await
+        .unwrap()
+        .process(process(form, json!({"city": "Gotham"})))
+        .await
+        .unwrap()
+        .into_inner();
+    let result = &reply.sync_results[0];
+    assert_eq!(result.status(), pb::SyncStatus::Failed);
+    assert!(
+        result.error.ends_with("with a body over 1048576 bytes"),
+        "{}",
+        result.error
+    );
+}
+
+#[tokio::test]
+async fn two_kinds_registered_under_one_name_stop_the_start() {
+    let resources = Resources::create(Backend::Embedded).await;
+    let backend = resources.settings(&[]).backend().unwrap();
+    backend.database.migrate().await.unwrap();
+    let mut registry = Registry::with_builtins_for(TargetPolicy::dev());
+    registry.register(postsub_tasks::validate::Validate::new());
+    let refused = Services::start(&backend, registry).await.err().unwrap();
+    assert!(
+        refused
+            .to_string()
+            .starts_with("task kind `validate` is registered twice"),
+        "{refused}"
+    );
 }
 
 async fn a_job_of_a_kind_the_worker_does_not_know_is_dead_lettered_saying_so(backend: Backend) {
