@@ -42,6 +42,7 @@ use tower::Layer;
 use crate::{
     json::{from_proto_value, to_proto_struct, to_proto_timestamp},
     pb::{self, post_submission_client::PostSubmissionClient},
+    retry::{Failure, Retries, RetryPolicy, RetryStats},
     tls::{ClientTls, TlsError},
 };
 
@@ -99,6 +100,7 @@ struct Settings {
 pub struct PostSubmissionLayer {
     client: PostSubmissionClient<Channel>,
     settings: Arc<Settings>,
+    retries: Retries,
     /// Where the channel goes, when the layer made it: TLS settings remake it.
     proxy: Option<(String, ClientTls)>,
 }
@@ -114,6 +116,7 @@ impl PostSubmissionLayer {
                 max_body_bytes: 1024 * 1024,
                 fields: SubmissionFields::default(),
             }),
+            retries: Retries::new(RetryPolicy::default()),
             proxy: None,
         }
     }
@@ -192,6 +195,19 @@ impl PostSubmissionLayer {
         Arc::make_mut(&mut self.settings).fields = fields;
         self
     }
+
+    /// How a `Process` call that failed for a reason that may pass (the proxy unreachable,
+    /// busy or slow) is retried in the background; see [`crate::retry`]. On by default
+    /// ([`RetryPolicy::default`]); `attempts: 0` turns it off.
+    pub fn background_retries(mut self, policy: RetryPolicy) -> Self {
+        self.retries = Retries::new(policy);
+        self
+    }
+
+    /// What the background retries did so far (this layer's and its services').
+    pub fn retry_stats(&self) -> RetryStats {
+        self.retries.stats()
+    }
 }
 
 /// The layer's channel: connected on first use, giving up on a connect after 1 s.
@@ -210,6 +226,7 @@ impl<S> Layer<S> for PostSubmissionLayer {
             inner,
             client: self.client.clone(),
             settings: self.settings.clone(),
+            retries: self.retries.clone(),
         }
     }
 }
@@ -220,6 +237,7 @@ pub struct PostSubmission<S> {
     inner: S,
     client: PostSubmissionClient<Channel>,
     settings: Arc<Settings>,
+    retries: Retries,
 }
 
 impl<S, ReqBody, ResBody> tower::Service<Request<ReqBody>> for PostSubmission<S>
@@ -247,12 +265,15 @@ where
             })
             .collect();
         let response = self.inner.call(request);
-        let client = self.client.clone();
-        let settings = self.settings.clone();
+        let caller = Caller {
+            client: self.client.clone(),
+            settings: self.settings.clone(),
+            retries: self.retries.clone(),
+        };
         ResponseFuture {
             inner: Box::pin(async move {
                 let response = response.await?;
-                Ok(add_post_submission(response, client, &settings, metadata).await)
+                Ok(add_post_submission(response, caller, metadata).await)
             }),
         }
     }
@@ -281,16 +302,23 @@ impl<B, E> std::fmt::Debug for ResponseFuture<B, E> {
     }
 }
 
+/// What calls `Process` for one submission, and retries it.
+struct Caller {
+    client: PostSubmissionClient<Channel>,
+    settings: Arc<Settings>,
+    retries: Retries,
+}
+
 async fn add_post_submission<B>(
     response: Response<B>,
-    client: PostSubmissionClient<Channel>,
-    settings: &Settings,
+    caller: Caller,
     metadata: HashMap<String, String>,
 ) -> Response<PostSubmissionBody<B>>
 where
     B: Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
+    let settings = caller.settings.clone();
     let is_json = response
         .headers()
         .get(header::CONTENT_TYPE)
@@ -325,8 +353,13 @@ where
         return Response::from_parts(parts, Either::Right(Full::new(bytes)));
     };
 
-    let post_submission = match process_request(&object, &settings.fields, metadata) {
-        Ok(request) => call_process(client, request, settings).await,
+    let build = |object: &Map<String, Value>| process_request(object, &settings.fields, &metadata);
+    let post_submission = match build(&object) {
+        Ok(request) => match send(caller.client.clone(), request, &settings).await {
+            Ok(reply) => reply_to_json(reply),
+            // Built again for a retry rather than cloned for every call in case one fails.
+            Err(error) => caller.failed(&error, || build(&object).ok()),
+        },
         Err(reason) => failed(reason),
     };
     object.insert("post_submission".into(), post_submission);
@@ -340,7 +373,7 @@ where
 fn process_request(
     object: &Map<String, Value>,
     fields: &SubmissionFields,
-    metadata: HashMap<String, String>,
+    metadata: &HashMap<String, String>,
 ) -> Result<pb::ProcessRequest, String> {
     let text = |name: &str| match object.get(name) {
         Some(Value::String(s)) => Ok(s.clone()),
@@ -365,15 +398,64 @@ fn process_request(
         submission_id: text(&fields.submission_id)?,
         answers: Some(to_proto_struct(answers)),
         submitted_at,
-        metadata,
+        metadata: metadata.clone(),
     })
 }
 
-async fn call_process(
+/// Why one `Process` call failed.
+enum CallError {
+    Status(tonic::Status),
+    TimedOut(Duration),
+}
+
+impl Caller {
+    /// What the submit response says of a failed call; the call is retried in the
+    /// background (with the request `request` builds again) when another try may work.
+    fn failed(
+        self,
+        error: &CallError,
+        request: impl FnOnce() -> Option<pb::ProcessRequest>,
+    ) -> Value {
+        let reason = describe(error);
+        if !self.retries.takes(&error.failure()) {
+            return failed(reason);
+        }
+        let Some(request) = request() else {
+            return failed(reason);
+        };
+        let Caller {
+            client,
+            settings,
+            retries,
+        } = self;
+        retries.retry(request, move |request| {
+            let (client, settings) = (client.clone(), settings.clone());
+            async move {
+                send(client, request, &settings)
+                    .await
+                    .map(drop)
+                    .map_err(|error| error.failure())
+            }
+        });
+        failed(format!("{reason}; the layer retries it in the background"))
+    }
+}
+
+impl CallError {
+    fn failure(&self) -> Failure {
+        match self {
+            CallError::Status(status) => Failure::of(status.code()),
+            CallError::TimedOut(_) => Failure::Transient,
+        }
+    }
+}
+
+/// One `Process` call under the layer's deadline, with its token.
+async fn send(
     mut client: PostSubmissionClient<Channel>,
     request: pb::ProcessRequest,
     settings: &Settings,
-) -> Value {
+) -> Result<pb::ProcessResponse, CallError> {
     let deadline = settings.deadline;
     let mut request = tonic::Request::new(request);
     // Sent as `grpc-timeout` so the proxy stops working on a call nobody waits for.
@@ -384,8 +466,16 @@ async fn call_process(
             .insert("authorization", bearer.clone());
     }
     match tokio::time::timeout(deadline, client.process(request)).await {
-        Ok(Ok(reply)) => reply_to_json(reply.into_inner()),
-        Ok(Err(status))
+        Ok(Ok(reply)) => Ok(reply.into_inner()),
+        Ok(Err(status)) => Err(CallError::Status(status)),
+        Err(_) => Err(CallError::TimedOut(deadline)),
+    }
+}
+
+/// What the submit response says of a failed call; logged, a refused token at ERROR.
+fn describe(error: &CallError) -> String {
+    match error {
+        CallError::Status(status)
             if matches!(
                 status.code(),
                 tonic::Code::Unauthenticated | tonic::Code::PermissionDenied
@@ -393,25 +483,25 @@ async fn call_process(
         {
             tracing::error!(code = ?status.code(), message = status.message(),
                 "the postsub proxy refused this backend's token");
-            failed(format!(
+            format!(
                 "post-submission tasks did not run: the postsub proxy refused the token: {} ({:?})",
                 status.message(),
                 status.code()
-            ))
+            )
         }
-        Ok(Err(status)) => {
+        CallError::Status(status) => {
             tracing::warn!(code = ?status.code(), message = status.message(), "Process failed");
-            failed(format!(
+            format!(
                 "post-submission tasks did not run: {} ({:?})",
                 status.message(),
                 status.code()
-            ))
+            )
         }
-        Err(_) => {
+        CallError::TimedOut(deadline) => {
             tracing::warn!(?deadline, "Process timed out");
-            failed(format!(
+            format!(
                 "post-submission tasks did not run: the postsub proxy did not answer within {deadline:?}"
-            ))
+            )
         }
     }
 }

@@ -6,7 +6,8 @@
 //! - [`json`]: conversions between `serde_json` values and protobuf's `Struct`/`Value`, the
 //!   shape answers and task outputs travel in.
 //! - [`layer`]: [`PostSubmissionLayer`], which calls `Process` after every successful submit
-//!   and merges the reply into the response body under `post_submission`.
+//!   and merges the reply into the response body under `post_submission`; [`retry`]: its
+//!   background retries of a `Process` call that failed.
 //! - [`secret`]: [`Secret`], a token or password kept out of `Debug` output.
 //! - [`tls`]: [`ClientTls`], how the layer and the CLI check the proxy over `https://` and
 //!   show a client certificate.
@@ -15,10 +16,12 @@
 
 pub mod json;
 pub mod layer;
+pub mod retry;
 pub mod secret;
 pub mod tls;
 
 pub use layer::{PostSubmission, PostSubmissionLayer, ResponseFuture};
+pub use retry::{RetryPolicy, RetryStats};
 pub use secret::Secret;
 pub use tls::{ClientTls, TlsError};
 

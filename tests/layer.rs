@@ -9,7 +9,7 @@ use std::{
 
 use axum::http::StatusCode;
 use postsub::{
-    PostSubmissionLayer,
+    PostSubmissionLayer, RetryPolicy, RetryStats,
     json::to_proto_value,
     pb::{
         self,
@@ -19,12 +19,13 @@ use postsub::{
 use postsub_testkit::form_backend::{submit, submit_route};
 use serde_json::{Value, json};
 
-/// Answers `Process` with one flagged result and one job, after `delay`, and keeps the
-/// requests it got.
+/// Answers `Process` with one flagged result and one job, after `delay` (or with `refuse`),
+/// and keeps the requests it got.
 #[derive(Clone, Default)]
 struct StandIn {
     requests: Arc<Mutex<Vec<pb::ProcessRequest>>>,
     delay: Duration,
+    refuse: Option<tonic::Code>,
 }
 
 #[tonic::async_trait]
@@ -35,6 +36,9 @@ impl PostSubmission for StandIn {
     ) -> Result<tonic::Response<pb::ProcessResponse>, tonic::Status> {
         tokio::time::sleep(self.delay).await;
         self.requests.lock().unwrap().push(request.into_inner());
+        if let Some(code) = self.refuse {
+            return Err(tonic::Status::new(code, "refused by the stand-in"));
+        }
         Ok(tonic::Response::new(pb::ProcessResponse {
             sync_results: vec![pb::SyncResult {
                 binding_id: "b1".into(),
@@ -61,7 +65,11 @@ impl PostSubmission for StandIn {
 }
 
 async fn start_stand_in(stand_in: StandIn) -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    start_stand_in_at(stand_in, "127.0.0.1:0".parse().unwrap()).await
+}
+
+async fn start_stand_in_at(stand_in: StandIn, addr: SocketAddr) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(
         tonic::transport::Server::builder()
@@ -185,4 +193,138 @@ async fn a_body_that_does_not_describe_a_submission_says_so() {
         body["post_submission"]["error"],
         "the submit response has no string field `form_id`"
     );
+}
+
+/// Quick background retries, for tests.
+fn quick(attempts: u32, capacity: usize) -> RetryPolicy {
+    RetryPolicy {
+        attempts,
+        backoff: Duration::from_millis(100),
+        max_backoff: Duration::from_millis(400),
+        capacity,
+    }
+}
+
+/// A submission of a new id, as the route stores it.
+fn stored_as(id: &str) -> Value {
+    json!({"id": id, "form_id": FORM, "answers": {"age": 30},
+           "created_at": "2026-11-22T10:00:00Z"})
+}
+
+async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let start = std::time::Instant::now();
+    while !done() {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_failed_process_is_retried_in_the_background_once_the_proxy_is_back() {
+    // Nothing listens here until the stand-in starts.
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let layer = PostSubmissionLayer::connect_lazy(&format!("http://{addr}"))
+        .unwrap()
+        .background_retries(quick(30, 100));
+    let ids = [
+        "7d9f4f0e-3c55-4b8e-9d2a-3c1f0b6f1a21",
+        "7d9f4f0e-3c55-4b8e-9d2a-3c1f0b6f1a22",
+        "7d9f4f0e-3c55-4b8e-9d2a-3c1f0b6f1a23",
+    ];
+    for id in ids {
+        let started = std::time::Instant::now();
+        let (status, body) = submit(submit_route(
+            layer.clone(),
+            StatusCode::CREATED,
+            stored_as(id),
+        ))
+        .await;
+        assert_eq!(status, StatusCode::CREATED);
+        let error = body["post_submission"]["error"].as_str().unwrap();
+        assert!(
+            error.ends_with("; the layer retries it in the background"),
+            "{error}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "the response waits for no retry"
+        );
+    }
+    assert_eq!(layer.retry_stats().pending, 3);
+
+    let stand_in = StandIn::default();
+    start_stand_in_at(stand_in.clone(), addr).await;
+    wait_until("the retries to go through", || {
+        layer.retry_stats().delivered == 3
+    })
+    .await;
+    let mut got: Vec<String> = stand_in
+        .requests
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|r| r.submission_id.clone())
+        .collect();
+    got.sort();
+    assert_eq!(got, ids);
+    assert_eq!(
+        layer.retry_stats(),
+        RetryStats {
+            pending: 0,
+            delivered: 3,
+            gave_up: 0,
+            dropped: 0
+        }
+    );
+}
+
+#[tokio::test]
+async fn background_retries_are_bounded_and_count_what_they_give_up() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let layer = PostSubmissionLayer::connect_lazy(&format!("http://{closed}"))
+        .unwrap()
+        .background_retries(quick(2, 2));
+    for n in 1..=3 {
+        let id = format!("7d9f4f0e-3c55-4b8e-9d2a-3c1f0b6f1a3{n}");
+        submit(submit_route(
+            layer.clone(),
+            StatusCode::CREATED,
+            stored_as(&id),
+        ))
+        .await;
+    }
+    // Two wait for a retry; the third found no room.
+    assert_eq!(layer.retry_stats().dropped, 1);
+    wait_until("the retries to give up", || {
+        layer.retry_stats().gave_up == 2
+    })
+    .await;
+    assert_eq!(layer.retry_stats().pending, 0);
+}
+
+#[tokio::test]
+async fn a_refusal_a_retry_cannot_change_is_not_retried() {
+    let stand_in = StandIn {
+        refuse: Some(tonic::Code::InvalidArgument),
+        ..StandIn::default()
+    };
+    let addr = start_stand_in(stand_in.clone()).await;
+    let layer = PostSubmissionLayer::connect_lazy(&format!("http://{addr}"))
+        .unwrap()
+        .background_retries(quick(5, 10));
+    let (_, body) = submit(submit_route(layer.clone(), StatusCode::CREATED, stored())).await;
+    let error = body["post_submission"]["error"].as_str().unwrap();
+    assert!(error.ends_with("(InvalidArgument)"), "{error}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(stand_in.requests.lock().unwrap().len(), 1);
+    assert_eq!(layer.retry_stats(), RetryStats::default());
 }

@@ -171,6 +171,146 @@ pub struct Submission {
     pub created_at: DateTime<Utc>,
 }
 
+/// Where a page of submissions ended: the last one's `(created_at, id)`, written
+/// `<microseconds since 1970>_<id>` (the `next` of a page, the `after` of the next request).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cursor {
+    /// When the last submission of the page was stored.
+    pub created_at: DateTime<Utc>,
+    /// Its id.
+    pub id: Uuid,
+}
+
+impl Cursor {
+    /// The cursor after `submission`.
+    pub fn after(submission: &Submission) -> Self {
+        Self {
+            created_at: submission.created_at,
+            id: submission.id,
+        }
+    }
+}
+
+impl std::fmt::Display for Cursor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}_{}", self.created_at.timestamp_micros(), self.id)
+    }
+}
+
+impl std::str::FromStr for Cursor {
+    type Err = ApiError;
+
+    fn from_str(text: &str) -> Result<Self, ApiError> {
+        let bad = || {
+            ApiError::BadRequest(format!(
+                "after: `{text}` is not a cursor; pass the `next` of the previous page"
+            ))
+        };
+        let (micros, id) = text.split_once('_').ok_or_else(bad)?;
+        Ok(Self {
+            created_at: micros
+                .parse()
+                .ok()
+                .and_then(DateTime::from_timestamp_micros)
+                .ok_or_else(bad)?,
+            id: id.parse().map_err(|_| bad())?,
+        })
+    }
+}
+
+/// The query of `GET /forms/{id}/submissions`, as sent.
+#[derive(Debug, Default, Deserialize)]
+pub struct ListParams {
+    since: Option<String>,
+    until: Option<String>,
+    after: Option<String>,
+    limit: Option<String>,
+}
+
+/// Which submissions of a form to list, oldest first: stored at or after `since`, before
+/// `until`, after the cursor `after`; at most `limit`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubmissionQuery {
+    /// Stored at or after.
+    pub since: Option<DateTime<Utc>>,
+    /// Stored before.
+    pub until: Option<DateTime<Utc>>,
+    /// After this one (the previous page's end).
+    pub after: Option<Cursor>,
+    /// At most this many, 1 to [`SubmissionQuery::MAX_LIMIT`].
+    pub limit: u32,
+}
+
+impl SubmissionQuery {
+    /// A page's size when the request does not say.
+    pub const DEFAULT_LIMIT: u32 = 100;
+    /// The largest page.
+    pub const MAX_LIMIT: u32 = 1000;
+}
+
+impl TryFrom<ListParams> for SubmissionQuery {
+    type Error = ApiError;
+
+    fn try_from(params: ListParams) -> Result<Self, ApiError> {
+        let time = |name: &str, text: Option<String>| {
+            text.filter(|text| !text.is_empty())
+                .map(|text| {
+                    DateTime::parse_from_rfc3339(&text)
+                        .map(|at| at.with_timezone(&Utc))
+                        .map_err(|_| {
+                            ApiError::BadRequest(format!(
+                                "{name}: `{text}` is not an RFC 3339 time such as \
+                                 2026-12-03T10:00:00Z"
+                            ))
+                        })
+                })
+                .transpose()
+        };
+        let since = time("since", params.since)?;
+        let until = time("until", params.until)?;
+        if let (Some(since), Some(until)) = (since, until)
+            && since >= until
+        {
+            return Err(ApiError::BadRequest(format!(
+                "since ({since}) must be before until ({until})"
+            )));
+        }
+        let limit = match params.limit.filter(|text| !text.is_empty()) {
+            None => Self::DEFAULT_LIMIT,
+            Some(text) => text
+                .parse()
+                .ok()
+                .filter(|limit| (1..=Self::MAX_LIMIT).contains(limit))
+                .ok_or_else(|| {
+                    ApiError::BadRequest(format!(
+                        "limit: `{text}` is not a number from 1 to {}",
+                        Self::MAX_LIMIT
+                    ))
+                })?,
+        };
+        Ok(Self {
+            since,
+            until,
+            after: params
+                .after
+                .filter(|text| !text.is_empty())
+                .map(|text| text.parse())
+                .transpose()?,
+            limit,
+        })
+    }
+}
+
+/// One page of a form's submissions; `next` is the cursor of the next page, `null` on the
+/// last.
+#[derive(Debug, Serialize)]
+pub struct SubmissionPage {
+    /// Oldest first.
+    pub submissions: Vec<Submission>,
+    /// Pass as `after` for the next page.
+    pub next: Option<String>,
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::json;

@@ -4,7 +4,7 @@
 use anyhow::Context;
 use axum::{
     Extension, Json, Router,
-    extract::{DefaultBodyLimit, State},
+    extract::{DefaultBodyLimit, Query, State},
     http::StatusCode,
     routing::{get, post},
 };
@@ -14,7 +14,10 @@ use serde_json::{Value, json};
 use crate::{
     ApiError,
     extract::{BodyLimit, FormId, JsonBody},
-    forms::{Answers, CreateForm, Form, NewForm, Submission, SubmitBody},
+    forms::{
+        Answers, CreateForm, Cursor, Form, ListParams, NewForm, Submission, SubmissionPage,
+        SubmissionQuery, SubmitBody,
+    },
     store::Store,
 };
 
@@ -77,11 +80,14 @@ async fn submit(
     Ok((StatusCode::CREATED, Json(submission)))
 }
 
-/// `GET /forms/{id}/submissions`: the form's submissions, newest first.
+/// `GET /forms/{id}/submissions?since=&until=&after=&limit=`: one page of the form's
+/// submissions, oldest first, and the cursor of the next page (`next`, `null` on the last).
 async fn list_submissions(
     State(store): State<Store>,
     FormId(form_id): FormId,
-) -> Result<Json<Vec<Submission>>, ApiError> {
+    Query(params): Query<ListParams>,
+) -> Result<Json<SubmissionPage>, ApiError> {
+    let query = SubmissionQuery::try_from(params)?;
     if !store
         .form_exists(form_id)
         .await
@@ -89,9 +95,18 @@ async fn list_submissions(
     {
         return Err(ApiError::FormNotFound(form_id));
     }
-    let submissions = store
-        .list_submissions(form_id)
+    // One more than asked tells whether another page follows.
+    let mut submissions = store
+        .list_submissions(form_id, &query, i64::from(query.limit) + 1)
         .await
         .context("listing submissions")?;
-    Ok(Json(submissions))
+    let next = if submissions.len() > query.limit as usize {
+        submissions.truncate(query.limit as usize);
+        submissions
+            .last()
+            .map(|last| Cursor::after(last).to_string())
+    } else {
+        None
+    };
+    Ok(Json(SubmissionPage { submissions, next }))
 }

@@ -207,16 +207,32 @@ async fn submit_stores_the_submission_even_when_postsub_is_down(db: Db) {
     let response = app.get(&format!("/forms/{form_id}/submissions")).await;
     assert_eq!(response.status(), StatusCode::OK);
     let listed: Value = response.json().await.unwrap();
+    let listed = &listed["submissions"];
     assert_eq!(listed.as_array().unwrap().len(), 1);
     assert_eq!(listed[0]["id"], body["id"]);
     assert_eq!(listed[0]["answers"], answers);
 }
 on_every_backend!(submit_stores_the_submission_even_when_postsub_is_down);
 
-async fn lists_submissions_newest_first(db: Db) {
+/// The `n` answers of a listing's page, and its `next` cursor.
+async fn page(app: &TestApp, path: &str) -> (Vec<i64>, Option<String>) {
+    let response = app.get(path).await;
+    assert_eq!(response.status(), StatusCode::OK, "{path}");
+    let page: Value = response.json().await.unwrap();
+    let order = page["submissions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["answers"]["n"].as_i64().unwrap())
+        .collect();
+    (order, page["next"].as_str().map(str::to_owned))
+}
+
+async fn lists_submissions_oldest_first_in_pages_and_by_time(db: Db) {
     let app = spawn_app(db).await;
     let form_id = app.create_form().await;
-    for n in 1..=3 {
+    let mut stored_at = Vec::new();
+    for n in 1..=5 {
         let response = app
             .post_json(
                 &format!("/forms/{form_id}/submit"),
@@ -224,22 +240,49 @@ async fn lists_submissions_newest_first(db: Db) {
             )
             .await;
         assert_eq!(response.status(), StatusCode::CREATED);
+        let body: Value = response.json().await.unwrap();
+        stored_at.push(body["created_at"].as_str().unwrap().to_owned());
     }
-    let listed: Value = app
-        .get(&format!("/forms/{form_id}/submissions"))
-        .await
-        .json()
-        .await
-        .unwrap();
-    let order: Vec<&Value> = listed
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| &s["answers"]["n"])
-        .collect();
-    assert_eq!(order, [&json!(3), &json!(2), &json!(1)]);
+    let all = format!("/forms/{form_id}/submissions");
+    assert_eq!(page(&app, &all).await, (vec![1, 2, 3, 4, 5], None));
+
+    // Pages of two, following `next`, until it is null.
+    let (first, next) = page(&app, &format!("{all}?limit=2")).await;
+    assert_eq!(first, [1, 2]);
+    let (second, next) = page(&app, &format!("{all}?limit=2&after={}", next.unwrap())).await;
+    assert_eq!(second, [3, 4]);
+    let (last, next) = page(&app, &format!("{all}?limit=2&after={}", next.unwrap())).await;
+    assert_eq!((last, next), (vec![5], None));
+
+    // since is inclusive, until exclusive: the seed's from/to.
+    let enc = |t: &str| t.replace('+', "%2B");
+    let since = format!("{all}?since={}", enc(&stored_at[1]));
+    assert_eq!(page(&app, &since).await.0, [2, 3, 4, 5]);
+    let range = format!("{since}&until={}", enc(&stored_at[3]));
+    assert_eq!(page(&app, &range).await.0, [2, 3]);
+
+    for (query, says) in [
+        ("limit=0", "limit: `0` is not a number from 1 to 1000"),
+        ("limit=many", "limit: `many` is not a number"),
+        ("after=nope", "after: `nope` is not a cursor"),
+        (
+            "since=yesterday",
+            "since: `yesterday` is not an RFC 3339 time",
+        ),
+        (
+            "since=2026-12-03T10:00:00Z&until=2026-12-02T10:00:00Z",
+            "must be before until",
+        ),
+    ] {
+        let message = error_of(
+            app.get(&format!("{all}?{query}")).await,
+            StatusCode::BAD_REQUEST,
+        )
+        .await;
+        assert!(message.contains(says), "{query}: {message}");
+    }
 }
-on_every_backend!(lists_submissions_newest_first);
+on_every_backend!(lists_submissions_oldest_first_in_pages_and_by_time);
 
 async fn malformed_json_is_400_with_a_json_error(db: Db) {
     let app = spawn_app(db).await;
@@ -311,7 +354,7 @@ async fn answers_that_are_not_an_object_are_refused(db: Db) {
         .json()
         .await
         .unwrap();
-    assert_eq!(listed, json!([]));
+    assert_eq!(listed, json!({"submissions": [], "next": null}));
 }
 on_every_backend!(answers_that_are_not_an_object_are_refused);
 

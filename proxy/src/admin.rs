@@ -24,7 +24,7 @@ use crate::{
     queue::{JobQueue, QueueError},
     requeue::{self, RequeueError},
     run::{Attempt, Run, RunStatus, flag_to_proto, mode_from_proto, mode_to_proto},
-    store::{Binding, NewAuditEntry, NewBinding, RunFilter, Store, StoreError},
+    store::{Binding, NewAuditEntry, NewBinding, RunFilter, StatsBy, Store, StoreError},
 };
 
 /// Default and largest page of `ListRuns`.
@@ -189,6 +189,38 @@ fn options_to_proto(options: &BindingOptions) -> pb::BindingOptions {
 fn from_timestamp(field: &str, t: prost_types::Timestamp) -> Result<DateTime<Utc>, Status> {
     from_proto_timestamp(t)
         .ok_or_else(|| Status::invalid_argument(format!("{field} is out of range")))
+}
+
+/// The history filter of a `ListRuns` request (its page token included).
+fn run_filter(request: &pb::ListRunsRequest) -> Result<RunFilter, Status> {
+    let filter = RunFilter {
+        form_id: parse_optional_uuid("form_id", &request.form_id)?,
+        submission_id: parse_optional_uuid("submission_id", &request.submission_id)?,
+        binding_id: parse_optional_uuid("binding_id", &request.binding_id)?,
+        status: status_from_proto(request.status)?,
+        created_after: request
+            .created_after
+            .map(|t| from_timestamp("created_after", t))
+            .transpose()?,
+        created_before: request
+            .created_before
+            .map(|t| from_timestamp("created_before", t))
+            .transpose()?,
+        after_key: parse_page_token(&request.page_token)?,
+        kind: non_empty(&request.kind),
+        flag: non_empty(&request.flag),
+        flag_field: non_empty(&request.flag_field),
+        flag_rule: non_empty(&request.flag_rule),
+        error_contains: non_empty(&request.error_contains),
+    };
+    if let (Some(after), Some(before)) = (filter.created_after, filter.created_before)
+        && after >= before
+    {
+        return Err(Status::invalid_argument(format!(
+            "created_after {after} is not before created_before {before}"
+        )));
+    }
+    Ok(filter)
 }
 
 fn config_from_proto(config: Option<prost_types::Struct>) -> Value {
@@ -500,24 +532,7 @@ impl TaskAdmin for Admin {
         request: Request<pb::ListRunsRequest>,
     ) -> Result<Response<pb::ListRunsResponse>, Status> {
         let request = request.into_inner();
-        let filter = RunFilter {
-            form_id: parse_optional_uuid("form_id", &request.form_id)?,
-            submission_id: parse_optional_uuid("submission_id", &request.submission_id)?,
-            binding_id: parse_optional_uuid("binding_id", &request.binding_id)?,
-            status: status_from_proto(request.status)?,
-            created_after: request
-                .created_after
-                .map(|t| from_timestamp("created_after", t))
-                .transpose()?,
-            created_before: request
-                .created_before
-                .map(|t| from_timestamp("created_before", t))
-                .transpose()?,
-            after_key: parse_page_token(&request.page_token)?,
-            kind: non_empty(&request.kind),
-            flag: non_empty(&request.flag),
-            error_contains: non_empty(&request.error_contains),
-        };
+        let filter = run_filter(&request)?;
         let page_size = match request.page_size {
             0 => DEFAULT_PAGE,
             n => n.min(MAX_PAGE),
@@ -541,6 +556,27 @@ impl TaskAdmin for Admin {
                 .collect(),
             next_page_token,
         }))
+    }
+
+    async fn run_stats(
+        &self,
+        request: Request<pb::RunStatsRequest>,
+    ) -> Result<Response<pb::RunStatsResponse>, Status> {
+        let request = request.into_inner();
+        let by: StatsBy = request.by.parse().map_err(Status::invalid_argument)?;
+        let filter = run_filter(&request.filter.unwrap_or_default())?;
+        let counts = self
+            .store
+            .run_stats(&filter, by)
+            .await
+            .map_err(database_error)?
+            .into_iter()
+            .map(|count| pb::RunCount {
+                key: count.key,
+                runs: u64::try_from(count.runs).unwrap_or_default(),
+            })
+            .collect();
+        Ok(Response::new(pb::RunStatsResponse { counts }))
     }
 
     async fn get_run(

@@ -8,7 +8,10 @@ use chrono::{DateTime, Utc};
 use clap::{Args, Subcommand};
 use postsub::{
     ClientTls,
-    json::{from_proto_struct, from_proto_timestamp, from_proto_value, to_proto_struct},
+    json::{
+        from_proto_struct, from_proto_timestamp, from_proto_value, to_proto_struct,
+        to_proto_timestamp,
+    },
     pb::{self, task_admin_client::TaskAdminClient},
 };
 use postsub_tasks::Mode;
@@ -173,30 +176,23 @@ pub enum BindingsCommand {
 pub enum RunsCommand {
     /// List runs, newest first.
     List {
-        /// Only runs of this form.
-        #[arg(long)]
-        form: Option<String>,
-        /// Only runs of this submission.
-        #[arg(long)]
-        submission: Option<String>,
-        /// Only runs of this binding.
-        #[arg(long)]
-        binding: Option<String>,
-        /// Only runs in this status (queued, running, succeeded, failed, dead, expired).
-        #[arg(long)]
-        status: Option<RunStatus>,
-        /// Only runs of this task kind.
-        #[arg(long)]
-        kind: Option<String>,
-        /// Only runs with a flag on this field or of this rule.
-        #[arg(long)]
-        flag: Option<String>,
-        /// Only runs whose error contains this text (case ignored).
-        #[arg(long)]
-        error: Option<String>,
+        #[command(flatten)]
+        filter: RunFilterArgs,
         /// At most this many runs.
         #[arg(long, default_value_t = 100)]
         limit: u32,
+        /// Print a JSON array instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Count runs (those `runs list` would list) per binding, kind, status or flag rule.
+    Stats {
+        #[command(flatten)]
+        filter: RunFilterArgs,
+        /// What to count them by: binding, kind, status, or flag_rule (runs with at least
+        /// one flag of each rule).
+        #[arg(long, default_value = "binding")]
+        by: String,
         /// Print a JSON array instead of a table.
         #[arg(long)]
         json: bool,
@@ -228,6 +224,72 @@ pub enum RunsCommand {
     },
 }
 
+/// The history filters of `runs list` and `runs stats`; they combine with AND.
+#[derive(Debug, Args)]
+pub struct RunFilterArgs {
+    /// Only runs of this form.
+    #[arg(long)]
+    form: Option<String>,
+    /// Only runs of this submission.
+    #[arg(long)]
+    submission: Option<String>,
+    /// Only runs of this binding.
+    #[arg(long)]
+    binding: Option<String>,
+    /// Only runs in this status (queued, running, succeeded, failed, dead, expired).
+    #[arg(long)]
+    status: Option<RunStatus>,
+    /// Only runs of this task kind.
+    #[arg(long)]
+    kind: Option<String>,
+    /// Only runs with a flag on this field or of this rule.
+    #[arg(long)]
+    flag: Option<String>,
+    /// Only runs with a flag on this field (answer key).
+    #[arg(long)]
+    flag_field: Option<String>,
+    /// Only runs with a flag of this rule (with --flag-field: one flag on that field).
+    #[arg(long)]
+    flag_rule: Option<String>,
+    /// Only runs whose error contains this text (case ignored).
+    #[arg(long, visible_alias = "error-contains")]
+    error: Option<String>,
+    /// Only runs created at or after this time: RFC 3339 or an age (`1d`: a day ago).
+    #[arg(long, value_parser = time_or_age)]
+    since: Option<DateTime<Utc>>,
+    /// Only runs created before this time: RFC 3339 or an age.
+    #[arg(long, value_parser = time_or_age)]
+    until: Option<DateTime<Utc>>,
+}
+
+impl RunFilterArgs {
+    /// The `ListRuns` request of these filters.
+    fn request(self) -> anyhow::Result<pb::ListRunsRequest> {
+        if let (Some(since), Some(until)) = (self.since, self.until)
+            && since >= until
+        {
+            anyhow::bail!("--since {since} is not before --until {until}");
+        }
+        let status = self
+            .status
+            .map_or(pb::RunStatus::Unspecified, pb::RunStatus::from);
+        Ok(pb::ListRunsRequest {
+            form_id: self.form.unwrap_or_default(),
+            submission_id: self.submission.unwrap_or_default(),
+            binding_id: self.binding.unwrap_or_default(),
+            status: status.into(),
+            kind: self.kind.unwrap_or_default(),
+            flag: self.flag.unwrap_or_default(),
+            flag_field: self.flag_field.unwrap_or_default(),
+            flag_rule: self.flag_rule.unwrap_or_default(),
+            error_contains: self.error.unwrap_or_default(),
+            created_after: self.since.as_ref().map(to_proto_timestamp),
+            created_before: self.until.as_ref().map(to_proto_timestamp),
+            ..Default::default()
+        })
+    }
+}
+
 /// `postsub dlq …`
 #[allow(missing_docs)] // the fields document themselves in `--help`
 #[derive(Debug, Subcommand)]
@@ -255,7 +317,7 @@ pub enum AuditCommand {
     List {
         /// Only entries since this time: RFC 3339 (`2026-12-02T10:00:00Z`) or an age
         /// (`30m`, `1d`: that long ago).
-        #[arg(long, value_parser = since)]
+        #[arg(long, value_parser = time_or_age)]
         since: Option<DateTime<Utc>>,
         /// At most this many entries.
         #[arg(long, default_value_t = 100)]
@@ -266,8 +328,8 @@ pub enum AuditCommand {
     },
 }
 
-/// `--since`: a time, or an age back from now.
-fn since(text: &str) -> Result<DateTime<Utc>, String> {
+/// `--since` and `--until`: a time, or an age back from now.
+fn time_or_age(text: &str) -> Result<DateTime<Utc>, String> {
     if let Ok(at) = DateTime::parse_from_rfc3339(text) {
         return Ok(at.with_timezone(&Utc));
     }
@@ -616,6 +678,22 @@ pub async fn kinds(server: &ServerArgs, args: KindsArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `runs stats` as a table: the key's column as wide as its longest value.
+fn stats_table(by: &str, counts: &[pb::RunCount]) -> String {
+    let header = by.to_ascii_uppercase();
+    let width = counts
+        .iter()
+        .map(|count| count.key.chars().count())
+        .chain([header.len()])
+        .max()
+        .unwrap_or_default();
+    let mut table = format!("{header:<width$}  {:>8}\n", "RUNS");
+    for count in counts {
+        table += &format!("{:<width$}  {:>8}\n", count.key, count.runs);
+    }
+    table
+}
+
 fn kinds_table(kinds: &[Value]) -> String {
     let mut table = format!("{:<16}  {:<10}  {}\n", "KIND", "MODES", "DESCRIPTION");
     for kind in kinds {
@@ -639,27 +717,13 @@ fn kinds_table(kinds: &[Value]) -> String {
 pub async fn runs(server: &ServerArgs, command: RunsCommand) -> anyhow::Result<()> {
     match command {
         RunsCommand::List {
-            form,
-            submission,
-            binding,
-            status,
-            kind,
-            flag,
-            error,
+            filter,
             limit,
             json,
         } => {
-            let status = status.map_or(pb::RunStatus::Unspecified, pb::RunStatus::from);
             let request = pb::ListRunsRequest {
-                form_id: form.unwrap_or_default(),
-                submission_id: submission.unwrap_or_default(),
-                binding_id: binding.unwrap_or_default(),
-                status: status.into(),
-                kind: kind.unwrap_or_default(),
-                flag: flag.unwrap_or_default(),
-                error_contains: error.unwrap_or_default(),
                 page_size: limit,
-                ..Default::default()
+                ..filter.request()?
             };
             let runs = connect(server)
                 .await?
@@ -673,6 +737,28 @@ pub async fn runs(server: &ServerArgs, command: RunsCommand) -> anyhow::Result<(
                 print_json(&Value::Array(runs));
             } else {
                 print_table(&runs);
+            }
+        }
+        RunsCommand::Stats { filter, by, json } => {
+            let request = pb::RunStatsRequest {
+                filter: Some(filter.request()?),
+                by: by.clone(),
+            };
+            let counts = connect(server)
+                .await?
+                .run_stats(request)
+                .await
+                .map_err(status_error)?
+                .into_inner()
+                .counts;
+            if json {
+                let counts = counts
+                    .iter()
+                    .map(|count| json!({&by: count.key, "runs": count.runs}))
+                    .collect();
+                print_json(&Value::Array(counts));
+            } else {
+                print!("{}", stats_table(&by, &counts));
             }
         }
         RunsCommand::Get { run_id } => {

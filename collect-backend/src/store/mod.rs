@@ -34,13 +34,26 @@ macro_rules! shared_reads {
                     .await
             }
 
-            /// See [`super::Store::list_submissions`].
-            pub async fn list_submissions(&self, form_id: Uuid) -> sqlx::Result<Vec<Submission>> {
+            /// See [`super::Store::list_submissions`]. Times are bound as the backend
+            /// keeps them (`db_time`, one per backend module).
+            pub async fn list_submissions(
+                &self,
+                form_id: Uuid,
+                query: &crate::forms::SubmissionQuery,
+                limit: i64,
+            ) -> sqlx::Result<Vec<Submission>> {
                 sqlx::query_as(
                     "SELECT id, form_id, answers, created_at FROM submissions WHERE form_id = $1
-                     ORDER BY created_at DESC, id DESC",
+                     AND ($2 IS NULL OR created_at >= $2) AND ($3 IS NULL OR created_at < $3)
+                     AND ($4 IS NULL OR (created_at, id) > ($4, $5))
+                     ORDER BY created_at, id LIMIT $6",
                 )
                 .bind(form_id)
+                .bind(query.since.map(db_time))
+                .bind(query.until.map(db_time))
+                .bind(query.after.map(|after| db_time(after.created_at)))
+                .bind(query.after.map(|after| after.id))
+                .bind(limit)
                 .fetch_all(&self.pool)
                 .await
             }
@@ -55,7 +68,7 @@ pub mod sqlite;
 use uuid::Uuid;
 
 use crate::{
-    forms::{Answers, Form, NewForm, Submission},
+    forms::{Answers, Form, NewForm, Submission, SubmissionQuery},
     settings::{Backend, DatabaseUrl},
 };
 
@@ -144,11 +157,18 @@ impl Store {
         }
     }
 
-    /// Submissions to `form_id`, newest first (ties, if any, by id, descending).
-    pub async fn list_submissions(&self, form_id: Uuid) -> sqlx::Result<Vec<Submission>> {
+    /// Submissions to `form_id` that `query` selects, oldest first (ties by id), at most
+    /// `limit`: keyset paging by `(created_at, id)`, so a page costs the same at any depth
+    /// and a submission stored meanwhile lands on a later page, never shifts one.
+    pub async fn list_submissions(
+        &self,
+        form_id: Uuid,
+        query: &SubmissionQuery,
+        limit: i64,
+    ) -> sqlx::Result<Vec<Submission>> {
         match self {
-            Self::Postgres(store) => store.list_submissions(form_id).await,
-            Self::Sqlite(store) => store.list_submissions(form_id).await,
+            Self::Postgres(store) => store.list_submissions(form_id, query, limit).await,
+            Self::Sqlite(store) => store.list_submissions(form_id, query, limit).await,
         }
     }
 }

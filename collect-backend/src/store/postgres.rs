@@ -14,6 +14,11 @@ use crate::{
 
 super::shared_reads!(PostgresStore);
 
+/// A time bound into a query: PostgreSQL takes it as it is.
+fn db_time(at: chrono::DateTime<chrono::Utc>) -> chrono::DateTime<chrono::Utc> {
+    at
+}
+
 /// A pool on the forms database of a PostgreSQL server.
 #[derive(Debug, Clone)]
 pub struct PostgresStore {

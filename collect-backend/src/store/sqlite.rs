@@ -130,6 +130,11 @@ fn now() -> String {
     timestamp(Utc::now())
 }
 
+/// A time bound into a query, as the tables keep it.
+fn db_time(at: DateTime<Utc>) -> String {
+    timestamp(at)
+}
+
 /// A time as the tables keep it: RFC 3339 in UTC with exactly six fractional digits (see the
 /// module docs).
 fn timestamp(at: DateTime<Utc>) -> String {

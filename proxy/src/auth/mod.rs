@@ -98,7 +98,8 @@ pub fn access(path: &str) -> Access {
         ("postsub.v1.PostSubmission", "Process") => Access::Scope(Scope::Submit),
         (
             "postsub.v1.TaskAdmin",
-            "GetBinding" | "ListBindings" | "ListTaskKinds" | "ListRuns" | "GetRun" | "ListQueues",
+            "GetBinding" | "ListBindings" | "ListTaskKinds" | "ListRuns" | "RunStats" | "GetRun"
+            | "ListQueues",
         ) => Access::Scope(Scope::Read),
         _ => Access::Scope(Scope::Admin),
     }

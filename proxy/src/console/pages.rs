@@ -431,6 +431,8 @@ impl RunsQuery {
             created_before,
             kind: non_empty(&self.kind),
             flag: non_empty(&self.flag),
+            flag_field: None,
+            flag_rule: None,
             error_contains: non_empty(&self.error),
             after_key: parse_page_token(self.after.trim())
                 .map_err(|_| PageError::bad_request("after: not a page key this console made"))?,

@@ -129,10 +129,70 @@ pub struct RunFilter {
     pub kind: Option<String>,
     /// Runs with a flag whose field or rule is this.
     pub flag: Option<String>,
+    /// Runs with a flag on this field (answer key).
+    pub flag_field: Option<String>,
+    /// Runs with a flag of this rule.
+    pub flag_rule: Option<String>,
     /// Runs whose error contains this text, ignoring ASCII case.
     pub error_contains: Option<String>,
     /// Runs strictly older than this `(created_at, run_id)`: where the previous page ended.
     pub after_key: Option<(DateTime<Utc>, Uuid)>,
+}
+
+/// What [`Store::run_stats`] counts runs by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StatsBy {
+    /// The binding (its id).
+    Binding,
+    /// The task kind.
+    Kind,
+    /// The run's status.
+    Status,
+    /// The rule of a flag: runs with at least one flag of each rule.
+    FlagRule,
+}
+
+impl StatsBy {
+    /// Every grouping, in the order the CLI lists them.
+    pub const ALL: [StatsBy; 4] = [
+        StatsBy::Binding,
+        StatsBy::Kind,
+        StatsBy::Status,
+        StatsBy::FlagRule,
+    ];
+
+    /// The name used by the CLI and the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StatsBy::Binding => "binding",
+            StatsBy::Kind => "kind",
+            StatsBy::Status => "status",
+            StatsBy::FlagRule => "flag_rule",
+        }
+    }
+}
+
+impl std::str::FromStr for StatsBy {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        StatsBy::ALL
+            .into_iter()
+            .find(|by| by.as_str() == s)
+            .ok_or_else(|| {
+                format!("cannot count runs by `{s}`: by binding, kind, status or flag_rule")
+            })
+    }
+}
+
+/// One group of [`Store::run_stats`]: its key (a binding id, kind, status or rule) and
+/// how many runs it holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunCount {
+    /// What the runs share.
+    pub key: String,
+    /// How many.
+    pub runs: i64,
 }
 
 /// How many runs of one binding are in one status (the console's Forms page).
@@ -313,6 +373,9 @@ pub trait Store: TaskState + Send + Sync {
     /// Runs matching `filter`, newest first, at most `limit`.
     async fn list_runs(&self, filter: &RunFilter, limit: i64) -> StoreResult<Vec<Run>>;
 
+    /// The runs `filter` selects (paging aside), counted per `by`, largest groups first.
+    async fn run_stats(&self, filter: &RunFilter, by: StatsBy) -> StoreResult<Vec<RunCount>>;
+
     /// Runs created at or after `since`, counted per binding and status.
     async fn runs_by_binding(&self, since: DateTime<Utc>) -> StoreResult<Vec<BindingStatusCount>>;
 
@@ -379,7 +442,30 @@ pub(crate) fn take_run_sql(take: Take, now: &str) -> String {
 /// placeholders too), as functions over a pool of type `$pool`: expanded in each
 /// backend's module, whose `Store` methods call them.
 macro_rules! shared_reads {
-    ($pool:ty) => {
+    ($pool:ty, $db:ty) => {
+        /// See [`Store::run_stats`].
+        async fn read_run_stats(
+            pool: &$pool,
+            filter: &$crate::store::RunFilter,
+            by: $crate::store::StatsBy,
+        ) -> sqlx::Result<Vec<$crate::store::RunCount>> {
+            let mut query = $crate::store::run_stats_query::<$db>(filter, by);
+            Ok(if by == $crate::store::StatsBy::Binding {
+                let rows: Vec<(uuid::Uuid, i64)> = query.build_query_as().fetch_all(pool).await?;
+                rows.into_iter()
+                    .map(|(key, runs)| $crate::store::RunCount {
+                        key: key.to_string(),
+                        runs,
+                    })
+                    .collect()
+            } else {
+                let rows: Vec<(String, i64)> = query.build_query_as().fetch_all(pool).await?;
+                rows.into_iter()
+                    .map(|(key, runs)| $crate::store::RunCount { key, runs })
+                    .collect()
+            })
+        }
+
         /// Every binding, or a form's, oldest first (the order results are reported in).
         async fn read_bindings(
             pool: &$pool,
@@ -806,6 +892,48 @@ where
 {
     let mut query =
         sqlx::QueryBuilder::new(format!("SELECT {RUN_COLUMNS} FROM task_runs WHERE 1 = 1"));
+    push_run_filter(&mut query, filter);
+    if let Some((created_at, run_id)) = filter.after_key {
+        query
+            .push(" AND (created_at, run_id) < (")
+            .push_bind(created_at)
+            .push(", ")
+            .push_bind(run_id)
+            .push(")");
+    }
+    query
+        .push(" ORDER BY created_at DESC, run_id DESC LIMIT ")
+        .push_bind(limit);
+    query
+}
+
+/// The SQL of a JSON array's elements, their `field` and their `rule`, in `DB`'s dialect,
+/// for a flags column (a JSON array of `{field, rule, message}`) and an alias.
+fn flag_sql<DB: sqlx::Database>(column: &str, alias: &str) -> (String, String, String) {
+    if DB::NAME == "SQLite" {
+        (
+            format!("json_each({column}) AS {alias}"),
+            format!("json_extract({alias}.value, '$.field')"),
+            format!("json_extract({alias}.value, '$.rule')"),
+        )
+    } else {
+        (
+            format!("jsonb_array_elements({column}) AS {alias}"),
+            format!("{alias}.value ->> 'field'"),
+            format!("{alias}.value ->> 'rule'"),
+        )
+    }
+}
+
+/// ` AND …` for each filter of `filter` but paging, on `task_runs`.
+fn push_run_filter<'a, DB>(query: &mut sqlx::QueryBuilder<DB>, filter: &RunFilter)
+where
+    DB: sqlx::Database,
+    Uuid: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+    &'a str: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+    String: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+    DateTime<Utc>: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+{
     if let Some(form_id) = filter.form_id {
         query.push(" AND form_id = ").push_bind(form_id);
     }
@@ -821,29 +949,32 @@ where
     if let Some(kind) = &filter.kind {
         query.push(" AND kind = ").push_bind(kind.clone());
     }
-    if let Some(flag) = &filter.flag {
-        // The flags column is a JSON array of `{field, rule, message}`.
-        let (each, field, rule) = if DB::NAME == "SQLite" {
-            (
-                "json_each(flags)",
-                "json_extract(f.value, '$.field')",
-                "json_extract(f.value, '$.rule')",
-            )
-        } else {
-            (
-                "jsonb_array_elements(flags)",
-                "f.value ->> 'field'",
-                "f.value ->> 'rule'",
-            )
-        };
-        query
-            .push(format!(
-                " AND EXISTS (SELECT 1 FROM {each} AS f WHERE {field} = "
-            ))
-            .push_bind(flag.clone())
-            .push(format!(" OR {rule} = "))
-            .push_bind(flag.clone())
-            .push(")");
+    if filter.flag.is_some() || filter.flag_field.is_some() || filter.flag_rule.is_some() {
+        // `flags <> '[]'` lets the partial index of flagged runs serve; one flag must
+        // match every flag filter.
+        let (each, field, rule) = flag_sql::<DB>("task_runs.flags", "g");
+        query.push(format!(
+            " AND flags <> '[]' AND EXISTS (SELECT 1 FROM {each} WHERE 1 = 1"
+        ));
+        if let Some(flag) = &filter.flag {
+            query
+                .push(format!(" AND ({field} = "))
+                .push_bind(flag.clone())
+                .push(format!(" OR {rule} = "))
+                .push_bind(flag.clone())
+                .push(")");
+        }
+        if let Some(flag_field) = &filter.flag_field {
+            query
+                .push(format!(" AND {field} = "))
+                .push_bind(flag_field.clone());
+        }
+        if let Some(flag_rule) = &filter.flag_rule {
+            query
+                .push(format!(" AND {rule} = "))
+                .push_bind(flag_rule.clone());
+        }
+        query.push(")");
     }
     if let Some(text) = &filter.error_contains {
         let pattern = format!(
@@ -864,17 +995,35 @@ where
     if let Some(before) = filter.created_before {
         query.push(" AND created_at < ").push_bind(before);
     }
-    if let Some((created_at, run_id)) = filter.after_key {
-        query
-            .push(" AND (created_at, run_id) < (")
-            .push_bind(created_at)
-            .push(", ")
-            .push_bind(run_id)
-            .push(")");
+}
+
+/// The `SELECT` of [`Store::run_stats`]: rows of (key, runs), the key a binding id for
+/// [`StatsBy::Binding`] and text otherwise.
+pub(crate) fn run_stats_query<'a, DB>(filter: &RunFilter, by: StatsBy) -> sqlx::QueryBuilder<DB>
+where
+    DB: sqlx::Database,
+    Uuid: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+    &'a str: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+    String: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+    DateTime<Utc>: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+{
+    let (key, from, count) = match by {
+        StatsBy::Binding => ("binding_id".to_owned(), "task_runs".to_owned(), "count(*)"),
+        StatsBy::Kind => ("kind".to_owned(), "task_runs".to_owned(), "count(*)"),
+        StatsBy::Status => ("status".to_owned(), "task_runs".to_owned(), "count(*)"),
+        StatsBy::FlagRule => {
+            let (each, _, rule) = flag_sql::<DB>("task_runs.flags", "f");
+            (rule, format!("task_runs, {each}"), "count(DISTINCT run_id)")
+        }
+    };
+    let mut query = sqlx::QueryBuilder::new(format!(
+        "SELECT {key} AS key, {count} AS runs FROM {from} WHERE 1 = 1"
+    ));
+    if by == StatsBy::FlagRule {
+        query.push(" AND flags <> '[]'");
     }
-    query
-        .push(" ORDER BY created_at DESC, run_id DESC LIMIT ")
-        .push_bind(limit);
+    push_run_filter(&mut query, filter);
+    query.push(" GROUP BY 1 ORDER BY 2 DESC, 1");
     query
 }
 

@@ -24,9 +24,9 @@ use uuid::Uuid;
 
 use super::{
     ApiToken, AuditEntry, BINDING_COLUMNS, Binding, BindingRow, BindingStatusCount, ChangeFeed,
-    DeadRunGroup, MinuteCount, NewAuditEntry, NewBinding, NewToken, RecentError, RunFilter, RunRow,
-    RunWrite, Store, StoreResult, TOKEN_COLUMNS, Take, TokenRow, check_schema, insert_audit_query,
-    list_runs_query, take_run_sql,
+    DeadRunGroup, MinuteCount, NewAuditEntry, NewBinding, NewToken, RecentError, RunCount,
+    RunFilter, RunRow, RunWrite, StatsBy, Store, StoreResult, TOKEN_COLUMNS, Take, TokenRow,
+    check_schema, insert_audit_query, list_runs_query, take_run_sql,
 };
 use crate::{
     job::Job,
@@ -36,7 +36,7 @@ use crate::{
 
 static MIGRATOR: Migrator = sqlx::migrate!("../migrations/postgres");
 
-super::shared_reads!(PgPool);
+super::shared_reads!(PgPool, sqlx::Postgres);
 
 /// Runs per minute of creation and status (`Store::runs_per_minute`).
 const MINUTE_SQL: &str = "SELECT to_char(date_trunc('minute', created_at AT TIME ZONE 'UTC'),
@@ -516,6 +516,10 @@ impl Store for PgStore {
         let mut query = list_runs_query::<Postgres>(filter, limit);
         let rows: Vec<RunRow> = query.build_query_as().fetch_all(&self.pool).await?;
         Ok(rows.into_iter().map(Run::from).collect())
+    }
+
+    async fn run_stats(&self, filter: &RunFilter, by: StatsBy) -> StoreResult<Vec<RunCount>> {
+        Ok(read_run_stats(&self.pool, filter, by).await?)
     }
 
     async fn runs_by_binding(&self, since: DateTime<Utc>) -> StoreResult<Vec<BindingStatusCount>> {

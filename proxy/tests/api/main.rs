@@ -8,6 +8,7 @@ mod auth;
 mod console;
 mod embedded;
 mod helpers;
+mod history;
 mod proxy;
 mod remote;
 mod retries;

@@ -25,7 +25,10 @@ use uuid::Uuid;
 
 use crate::{
     contract,
-    helpers::{Backend, Resources, binding, process, quick_retries, registry, run_in, spawn_proxy},
+    helpers::{
+        Backend, Resources, TestProxy, binding, process, quick_retries, registry, run_in,
+        spawn_proxy,
+    },
 };
 
 contract!(
@@ -129,27 +132,13 @@ async fn a_sync_remote_tasks_flags_come_back_with_the_submit_response(backend: B
         remote_config(&receiver, json!({})),
     );
     proxy.admin().await.create_binding(request).await.unwrap();
-    let reply = PostSubmissionClient::connect(proxy.url())
-        .await
-        .unwrap()
-        .process(process(form, json!({"city": "Gotham"})))
-        .await
-        .unwrap()
-        .into_inner();
-    let result = &reply.sync_results[0];
+    let result = first_sync_result(&proxy, form).await;
     assert_eq!(result.status(), pb::SyncStatus::Flagged);
     assert_eq!(result.flags[0].rule, "known_city");
 
     // A sync run is not retried: a 503 fails it at once.
     receiver.answer_with(&[(503, "busy")]);
-    let reply = PostSubmissionClient::connect(proxy.url())
-        .await
-        .unwrap()
-        .process(process(form, json!({"city": "Gotham"})))
-        .await
-        .unwrap()
-        .into_inner();
-    let result = &reply.sync_results[0];
+    let result = first_sync_result(&proxy, form).await;
     assert_eq!(result.status(), pb::SyncStatus::Failed);
     assert!(
         result
@@ -161,14 +150,7 @@ async fn a_sync_remote_tasks_flags_come_back_with_the_submit_response(backend: B
 
     // An answer over 1 MiB is not read to its end: the run fails, saying why.
     receiver.set_answer(&" ".repeat(2 << 20));
-    let reply = PostSubmissionClient::connect(proxy.url())
-        .await
-        .unwrap()
-        .process(process(form, json!({"city": "Gotham"})))
-        .await
-        .unwrap()
-        .into_inner();
-    let result = &reply.sync_results[0];
+    let result = first_sync_result(&proxy, form).await;
     assert_eq!(result.status(), pb::SyncStatus::Failed);
     assert!(
         result.error.ends_with("with a body over 1048576 bytes"),
@@ -191,6 +173,22 @@ async fn two_kinds_registered_under_one_name_stop_the_start() {
             .starts_with("task kind `validate` is registered twice"),
         "{refused}"
     );
+}
+
+/// The first sync result of a submission of `form` with a `city` the task does not know.
+async fn first_sync_result(proxy: &TestProxy, form: Uuid) -> pb::SyncResult {
+    let reply = PostSubmissionClient::connect(proxy.url())
+        .await
+        .unwrap()
+        .process(process(form, json!({"city": "Gotham"})))
+        .await
+        .unwrap()
+        .into_inner();
+    reply
+        .sync_results
+        .into_iter()
+        .next()
+        .expect("a sync result")
 }
 
 async fn a_job_of_a_kind_the_worker_does_not_know_is_dead_lettered_saying_so(backend: Backend) {

@@ -41,9 +41,9 @@ use self::{
 };
 use super::{
     ApiToken, AuditEntry, BINDING_COLUMNS, Binding, BindingRow, BindingStatusCount, ChangeFeed,
-    DeadRunGroup, MinuteCount, NewAuditEntry, NewBinding, NewToken, RecentError, RunFilter, RunRow,
-    RunWrite, Schema, Store, StoreError, StoreResult, TOKEN_COLUMNS, Take, TokenRow, check_schema,
-    insert_audit_query, list_runs_query, take_run_sql,
+    DeadRunGroup, MinuteCount, NewAuditEntry, NewBinding, NewToken, RecentError, RunCount,
+    RunFilter, RunRow, RunWrite, Schema, StatsBy, Store, StoreError, StoreResult, TOKEN_COLUMNS,
+    Take, TokenRow, check_schema, insert_audit_query, list_runs_query, take_run_sql,
 };
 use crate::{
     job::Job,
@@ -52,7 +52,7 @@ use crate::{
 
 static MIGRATOR: Migrator = sqlx::migrate!("../migrations/sqlite");
 
-super::shared_reads!(SqlitePool);
+super::shared_reads!(SqlitePool, sqlx::Sqlite);
 
 /// Runs per minute of creation and status (`Store::runs_per_minute`): times are stored as
 /// RFC 3339 text in UTC, so the minute is the first 16 characters.
@@ -626,6 +626,10 @@ impl Store for SqliteStore {
         let mut query = list_runs_query::<Sqlite>(filter, limit);
         let rows: Vec<RunRow> = query.build_query_as().fetch_all(&self.db.readers).await?;
         Ok(rows.into_iter().map(Run::from).collect())
+    }
+
+    async fn run_stats(&self, filter: &RunFilter, by: StatsBy) -> StoreResult<Vec<RunCount>> {
+        Ok(read_run_stats(&self.db.readers, filter, by).await?)
     }
 
     async fn runs_by_binding(&self, since: DateTime<Utc>) -> StoreResult<Vec<BindingStatusCount>> {
