@@ -62,6 +62,15 @@ impl PostSubmission for StandIn {
             }],
         }))
     }
+
+    async fn run_bindings(
+        &self,
+        _request: tonic::Request<pb::RunBindingsRequest>,
+    ) -> Result<tonic::Response<pb::RunBindingsResponse>, tonic::Status> {
+        Err(tonic::Status::unimplemented(
+            "the stand-in answers Process only",
+        ))
+    }
 }
 
 async fn start_stand_in(stand_in: StandIn) -> SocketAddr {

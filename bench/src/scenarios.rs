@@ -317,6 +317,15 @@ impl PostSubmission for Floor {
     ) -> Result<tonic::Response<pb::ProcessResponse>, tonic::Status> {
         Ok(tonic::Response::new(pb::ProcessResponse::default()))
     }
+
+    async fn run_bindings(
+        &self,
+        _request: tonic::Request<pb::RunBindingsRequest>,
+    ) -> Result<tonic::Response<pb::RunBindingsResponse>, tonic::Status> {
+        Err(tonic::Status::unimplemented(
+            "the floor answers Process only",
+        ))
+    }
 }
 
 async fn start_floor() -> anyhow::Result<SocketAddr> {

@@ -10,6 +10,7 @@ use crate::{
     alerts::AlertSettings,
     app::{DevStack, Launch, Proxy, Services},
     backend::{Backend, Database, SERVER_DATABASE},
+    backfill::BackfillArgs,
     client::{self, AuditCommand, BindingsCommand, DlqCommand, KindsArgs, RunsCommand},
     settings::{
         BrokerSettings, DatabaseSettings, DevSettings, ProxySettings, TargetSettings,
@@ -50,6 +51,9 @@ enum Command {
     /// Work with the dead-letter queues.
     #[command(subcommand)]
     Dlq(DlqCommand),
+    /// Run bindings over stored submissions: old ones through a new binding, or those the
+    /// proxy missed while it was down (from a file or the backend's listing).
+    Backfill(BackfillArgs),
     /// What the job queue holds, per task kind.
     Queues(client::QueuesArgs),
     /// Make, list and revoke API tokens (in the database itself: DATABASE_URL).
@@ -107,6 +111,7 @@ pub async fn main(extend: impl ExtendRegistry) -> ExitCode {
             | Command::Kinds(_)
             | Command::Runs(_)
             | Command::Dlq(_)
+            | Command::Backfill(_)
             | Command::Queues(_)
             | Command::Tokens(_)
             | Command::Audit(_)
@@ -122,6 +127,7 @@ pub async fn main(extend: impl ExtendRegistry) -> ExitCode {
         Command::Kinds(args) => client::kinds(&cli.server, args).await,
         Command::Runs(command) => client::runs(&cli.server, command).await,
         Command::Dlq(command) => client::dlq(&cli.server, command).await,
+        Command::Backfill(args) => crate::backfill::backfill(&cli.server, args).await,
         Command::Queues(args) => client::queues(&cli.server, args).await,
         Command::Tokens(command) => tokens::tokens(command).await,
         Command::Audit(command) => client::audit(&cli.server, command).await,

@@ -12,7 +12,7 @@ use postsub::{
         from_proto_struct, from_proto_timestamp, from_proto_value, to_proto_struct,
         to_proto_timestamp,
     },
-    pb::{self, task_admin_client::TaskAdminClient},
+    pb::{self, post_submission_client::PostSubmissionClient, task_admin_client::TaskAdminClient},
 };
 use postsub_tasks::Mode;
 use serde_json::{Value, json};
@@ -329,7 +329,7 @@ pub enum AuditCommand {
 }
 
 /// `--since` and `--until`: a time, or an age back from now.
-fn time_or_age(text: &str) -> Result<DateTime<Utc>, String> {
+pub(crate) fn time_or_age(text: &str) -> Result<DateTime<Utc>, String> {
     if let Ok(at) = DateTime::parse_from_rfc3339(text) {
         return Ok(at.with_timezone(&Utc));
     }
@@ -363,9 +363,27 @@ fn server_url(server: &str) -> Result<String, String> {
 }
 
 /// The admin client, every call carrying the token.
-type Client = TaskAdminClient<InterceptedService<Channel, Bearer>>;
+pub(crate) type Client = TaskAdminClient<InterceptedService<Channel, Bearer>>;
 
 async fn connect(server: &ServerArgs) -> anyhow::Result<Client> {
+    let (channel, bearer) = channel(server).await?;
+    Ok(TaskAdminClient::with_interceptor(channel, bearer))
+}
+
+/// The `PostSubmission` client (for `RunBindings`), every call carrying the token.
+pub(crate) type SubmitClient = PostSubmissionClient<InterceptedService<Channel, Bearer>>;
+
+/// Both clients over one connection.
+pub(crate) async fn connect_both(server: &ServerArgs) -> anyhow::Result<(Client, SubmitClient)> {
+    let (channel, bearer) = channel(server).await?;
+    Ok((
+        TaskAdminClient::with_interceptor(channel.clone(), bearer.clone()),
+        PostSubmissionClient::with_interceptor(channel, bearer),
+    ))
+}
+
+/// A connection to the proxy at `--server`, and the token's header.
+async fn channel(server: &ServerArgs) -> anyhow::Result<(Channel, Bearer)> {
     let bearer = match &server.token {
         Some(token) => {
             let mut value = MetadataValue::try_from(format!("Bearer {}", token.expose()))
@@ -393,12 +411,12 @@ async fn connect(server: &ServerArgs) -> anyhow::Result<Client> {
                 postsub_tasks::error_chain(&err)
             )
         })?;
-    Ok(TaskAdminClient::with_interceptor(channel, Bearer(bearer)))
+    Ok((channel, Bearer(bearer)))
 }
 
 /// Adds `authorization: Bearer <token>` to every call, when there is a token.
 #[derive(Clone)]
-struct Bearer(Option<MetadataValue<Ascii>>);
+pub(crate) struct Bearer(Option<MetadataValue<Ascii>>);
 
 impl Interceptor for Bearer {
     fn call(
@@ -415,7 +433,7 @@ impl Interceptor for Bearer {
 }
 
 /// A gRPC error as the person at the terminal should read it.
-fn status_error(status: tonic::Status) -> anyhow::Error {
+pub(crate) fn status_error(status: tonic::Status) -> anyhow::Error {
     if status.code() == tonic::Code::Unauthenticated {
         return anyhow!(
             "{} ({:?}); the CLI sends the token given with --token or POSTSUB_TOKEN",

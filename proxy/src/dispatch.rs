@@ -30,8 +30,12 @@ use crate::{
     options::DurationOption,
     queue::{JobQueue, NewJob},
     recorder::{Recorder, RecorderStopped},
-    run::{Attempt, Run, RunStatus, flag_to_proto},
+    run::{Attempt, Run, RunStatus, flag_to_proto, run_id},
+    store::Store,
 };
+
+/// Most submissions one `RunBindings` call may carry.
+const MAX_BACKFILL_BATCH: usize = 1000;
 
 /// Limits applied to every `Process` call.
 #[derive(Debug, Clone, Copy)]
@@ -52,24 +56,25 @@ pub struct Dispatcher {
     cache: BindingCache,
     queue: Arc<dyn JobQueue>,
     recorder: Recorder,
-    state: Arc<dyn TaskState>,
+    store: Arc<dyn Store>,
     limits: DispatchLimits,
 }
 
 impl Dispatcher {
-    /// A dispatcher over shared parts.
+    /// A dispatcher over shared parts (the store keeps the task state, and answers which
+    /// runs exist for `RunBindings`).
     pub fn new(
         cache: BindingCache,
         queue: Arc<dyn JobQueue>,
         recorder: Recorder,
-        state: Arc<dyn TaskState>,
+        store: Arc<dyn Store>,
         limits: DispatchLimits,
     ) -> Self {
         Self {
             cache,
             queue,
             recorder,
-            state,
+            store,
             limits,
         }
     }
@@ -131,7 +136,7 @@ impl Dispatcher {
             binding_id: binding.id,
             binding_name: binding.name.clone(),
             attempt: 1,
-            state: self.state.clone(),
+            state: self.store.clone() as Arc<dyn TaskState>,
         };
         let timeout = binding.options.timeout_or(self.limits.sync_timeout);
         let execution = execute(live, &context, submission, timeout).await;
@@ -263,6 +268,144 @@ impl PostSubmission for Dispatcher {
         }
         Ok(Response::new(pb::ProcessResponse { sync_results, jobs }))
     }
+
+    async fn run_bindings(
+        &self,
+        request: Request<pb::RunBindingsRequest>,
+    ) -> Result<Response<pb::RunBindingsResponse>, Status> {
+        run_bindings(self, request.into_inner())
+            .await
+            .map(Response::new)
+    }
+}
+
+impl Dispatcher {
+    /// The bindings a `RunBindings` call names: each must exist and be enabled.
+    fn chosen_bindings(&self, ids: &[String]) -> Result<Vec<Arc<LiveBinding>>, Status> {
+        if ids.is_empty() {
+            return Err(Status::invalid_argument(
+                "binding_ids: name at least one binding",
+            ));
+        }
+        ids.iter()
+            .map(|id| {
+                let id = parse_uuid("binding_ids", id)?;
+                let live = self
+                    .cache
+                    .get(id)
+                    .ok_or_else(|| Status::not_found(format!("no binding has the id {id}")))?;
+                if !live.binding.enabled {
+                    return Err(Status::failed_precondition(format!(
+                        "binding {id} ({}) is disabled; enable it to backfill it",
+                        live.binding.name
+                    )));
+                }
+                Ok(live)
+            })
+            .collect()
+    }
+}
+
+/// What `RunBindings` does with one submission.
+struct Backfill {
+    submission: Submission,
+    /// The bindings whose run of it does not exist yet.
+    due: Vec<Arc<LiveBinding>>,
+}
+
+/// `RunBindings`: see the proto. The submissions of one call share one enqueue (one commit
+/// or one batch of confirms), so a backfill costs far less per submission than `Process`.
+async fn run_bindings(
+    dispatcher: &Dispatcher,
+    request: pb::RunBindingsRequest,
+) -> Result<pb::RunBindingsResponse, Status> {
+    if request.submissions.len() > MAX_BACKFILL_BATCH {
+        return Err(Status::invalid_argument(format!(
+            "{} submissions in one call; the limit is {MAX_BACKFILL_BATCH}",
+            request.submissions.len()
+        )));
+    }
+    let bindings = dispatcher.chosen_bindings(&request.binding_ids)?;
+    let mut results: Vec<pb::BackfillResult> = Vec::with_capacity(request.submissions.len());
+    let mut work: Vec<(usize, Submission)> = Vec::new();
+    for request in request.submissions {
+        let result = pb::BackfillResult {
+            submission_id: request.submission_id.clone(),
+            ..Default::default()
+        };
+        match dispatcher.parse(request) {
+            Ok(submission) => match bindings
+                .iter()
+                .find(|live| live.binding.form_id != submission.form_id)
+            {
+                Some(other) => results.push(pb::BackfillResult {
+                    error: format!(
+                        "binding {} ({}) is of form {}, not of this submission's form {}",
+                        other.binding.id,
+                        other.binding.name,
+                        other.binding.form_id,
+                        submission.form_id
+                    ),
+                    ..result
+                }),
+                None => {
+                    work.push((results.len(), submission));
+                    results.push(result);
+                }
+            },
+            Err(status) => results.push(pb::BackfillResult {
+                error: status.message().to_owned(),
+                ..result
+            }),
+        }
+    }
+    let run_ids: Vec<_> = work
+        .iter()
+        .flat_map(|(_, submission)| {
+            bindings
+                .iter()
+                .map(|live| run_id(submission.submission_id, live.binding.id))
+        })
+        .collect();
+    let existing = dispatcher
+        .store
+        .existing_runs(&run_ids)
+        .await
+        .map_err(|err| Status::unavailable(format!("cannot read the run history: {err}")))?;
+    let backfills: Vec<Backfill> = work
+        .into_iter()
+        .map(|(index, submission)| {
+            let (done, due): (Vec<_>, Vec<_>) = bindings.iter().cloned().partition(|live| {
+                existing.contains(&run_id(submission.submission_id, live.binding.id))
+            });
+            results[index].started = due.len() as u32;
+            results[index].already_done = done.len() as u32;
+            Backfill { submission, due }
+        })
+        .collect();
+    if request.dry_run {
+        return Ok(pb::RunBindingsResponse { results });
+    }
+    let sync = backfills.iter().flat_map(|backfill| {
+        backfill
+            .due
+            .iter()
+            .filter(|live| live.binding.mode == Mode::Sync)
+            .map(|live| dispatcher.run_sync(live, &backfill.submission))
+    });
+    let jobs: Vec<NewJob> = backfills
+        .iter()
+        .flat_map(|backfill| {
+            backfill
+                .due
+                .iter()
+                .filter(|live| live.binding.mode == Mode::Async)
+                .map(|live| Dispatcher::job(live, &backfill.submission).0)
+        })
+        .collect();
+    let (_, queued) = tokio::join!(join_all(sync), dispatcher.enqueue(jobs));
+    queued?;
+    Ok(pb::RunBindingsResponse { results })
 }
 
 /// A `Process` call slower than this is logged at debug.

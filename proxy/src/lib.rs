@@ -2,7 +2,8 @@
 //! `postsub` binary and for a task author's own binary with more task kinds.
 //!
 //! # Layout
-//! - [`cli`]: the `postsub` command line; [`client`]: its admin-client commands.
+//! - [`cli`]: the `postsub` command line; [`client`]: its admin-client commands;
+//!   [`backfill`]: `postsub backfill`, old submissions through new bindings.
 //! - [`settings`]: typed settings from flags and environment.
 //! - [`app`]: start-up and shutdown of the shared [`app::Services`], the [`app::Proxy`]
 //!   servers and the worker (tests start them the same way, on port 0).
@@ -37,6 +38,7 @@ pub mod alerts;
 pub mod app;
 pub mod auth;
 pub mod backend;
+pub mod backfill;
 pub mod bindings;
 pub mod claimer;
 pub mod cli;

@@ -44,7 +44,7 @@ pub use task::{
 /// Installs ring as the process's TLS crypto provider unless one is installed: the HTTP
 /// clients here are built without one of their own, so that sqlx, lapin, reqwest and the
 /// Google clients share ring (two providers in one process panic at run time).
-pub(crate) fn install_crypto_provider() {
+pub fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 

@@ -16,6 +16,8 @@
 pub mod postgres;
 pub mod sqlite;
 
+use std::collections::HashSet;
+
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use postsub_tasks::{Flag, Mode, TaskState};
@@ -373,6 +375,9 @@ pub trait Store: TaskState + Send + Sync {
     /// Runs matching `filter`, newest first, at most `limit`.
     async fn list_runs(&self, filter: &RunFilter, limit: i64) -> StoreResult<Vec<Run>>;
 
+    /// Which of `run_ids` have a run in the history (in any status).
+    async fn existing_runs(&self, run_ids: &[Uuid]) -> StoreResult<HashSet<Uuid>>;
+
     /// The runs `filter` selects (paging aside), counted per `by`, largest groups first.
     async fn run_stats(&self, filter: &RunFilter, by: StatsBy) -> StoreResult<Vec<RunCount>>;
 
@@ -443,6 +448,27 @@ pub(crate) fn take_run_sql(take: Take, now: &str) -> String {
 /// backend's module, whose `Store` methods call them.
 macro_rules! shared_reads {
     ($pool:ty, $db:ty) => {
+        /// See [`Store::existing_runs`].
+        async fn read_existing_runs(
+            pool: &$pool,
+            run_ids: &[uuid::Uuid],
+        ) -> sqlx::Result<std::collections::HashSet<uuid::Uuid>> {
+            let mut found = std::collections::HashSet::new();
+            // Within every backend's limit of bound parameters.
+            for chunk in run_ids.chunks(1000) {
+                let mut query: sqlx::QueryBuilder<$db> =
+                    sqlx::QueryBuilder::new("SELECT run_id FROM task_runs WHERE run_id IN (");
+                let mut list = query.separated(", ");
+                for run_id in chunk {
+                    list.push_bind(*run_id);
+                }
+                query.push(")");
+                let rows: Vec<(uuid::Uuid,)> = query.build_query_as().fetch_all(pool).await?;
+                found.extend(rows.into_iter().map(|(run_id,)| run_id));
+            }
+            Ok(found)
+        }
+
         /// See [`Store::run_stats`].
         async fn read_run_stats(
             pool: &$pool,

@@ -5,7 +5,11 @@
 //! held from batch to batch. Idempotency lives in the SQL (`ON CONFLICT` on the
 //! deterministic run id), never in a read-then-write.
 
-use std::{collections::HashMap, sync::LazyLock, time::Duration};
+use std::{
+    collections::{HashMap, HashSet},
+    sync::LazyLock,
+    time::Duration,
+};
 
 use anyhow::Context as _;
 use async_trait::async_trait;
@@ -516,6 +520,10 @@ impl Store for PgStore {
         let mut query = list_runs_query::<Postgres>(filter, limit);
         let rows: Vec<RunRow> = query.build_query_as().fetch_all(&self.pool).await?;
         Ok(rows.into_iter().map(Run::from).collect())
+    }
+
+    async fn existing_runs(&self, run_ids: &[Uuid]) -> StoreResult<HashSet<Uuid>> {
+        Ok(read_existing_runs(&self.pool, run_ids).await?)
     }
 
     async fn run_stats(&self, filter: &RunFilter, by: StatsBy) -> StoreResult<Vec<RunCount>> {

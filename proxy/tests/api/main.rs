@@ -5,6 +5,7 @@
 mod alerts;
 mod audit;
 mod auth;
+mod backfill;
 mod console;
 mod embedded;
 mod helpers;

@@ -17,6 +17,7 @@ pub mod rows;
 pub mod writer;
 
 use std::{
+    collections::HashSet,
     path::{Path, PathBuf},
     sync::{Arc, LazyLock, Mutex},
     time::Duration,
@@ -626,6 +627,10 @@ impl Store for SqliteStore {
         let mut query = list_runs_query::<Sqlite>(filter, limit);
         let rows: Vec<RunRow> = query.build_query_as().fetch_all(&self.db.readers).await?;
         Ok(rows.into_iter().map(Run::from).collect())
+    }
+
+    async fn existing_runs(&self, run_ids: &[Uuid]) -> StoreResult<HashSet<Uuid>> {
+        Ok(read_existing_runs(&self.db.readers, run_ids).await?)
     }
 
     async fn run_stats(&self, filter: &RunFilter, by: StatsBy) -> StoreResult<Vec<RunCount>> {
