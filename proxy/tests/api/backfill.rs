@@ -24,19 +24,9 @@ contract!(
 
 /// Runs `postsub --server … backfill ARGS`; success, stdout, stderr.
 async fn backfill(proxy: &TestProxy, args: &[&str]) -> (bool, String, String) {
-    // Not std's blocking `output()`: the proxy answering it runs on this test's runtime.
-    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_postsub"))
-        .args(["--server", &proxy.url(), "backfill"])
-        .args(args)
-        .env_remove("POSTSUB_TOKEN")
-        .output()
-        .await
-        .unwrap();
-    (
-        output.status.success(),
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
+    let mut all = vec!["backfill"];
+    all.extend_from_slice(args);
+    proxy.cli(&all).await
 }
 
 /// A file in the temporary directory, removed when dropped.

@@ -288,6 +288,24 @@ impl TestProxy {
             .collect()
     }
 
+    /// Runs the `postsub` command line against this proxy (`--server` set, no token): its
+    /// success, stdout and stderr. Not std's blocking `output()`: the proxy answering it
+    /// runs on the test's runtime.
+    pub async fn cli(&self, args: &[&str]) -> (bool, String, String) {
+        let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_postsub"))
+            .args(["--server", &self.url()])
+            .args(args)
+            .env_remove("POSTSUB_TOKEN")
+            .output()
+            .await
+            .unwrap();
+        (
+            output.status.success(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    }
+
     /// One run, with its attempt history.
     pub async fn run(&self, run_id: &str) -> pb::Run {
         self.admin()

@@ -205,23 +205,11 @@ async fn the_history_answers_by_time_range_flag_and_in_counts(backend: Backend) 
     );
 
     // The CLI, as a user runs it.
-    let cli = async |args: &[&str]| {
-        let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_postsub"))
-            .args(["--server", &proxy.url()])
-            .args(args)
-            .env_remove("POSTSUB_TOKEN")
-            .output()
-            .await
-            .unwrap();
-        (
-            output.status.success(),
-            String::from_utf8_lossy(&output.stdout).into_owned(),
-            String::from_utf8_lossy(&output.stderr).into_owned(),
-        )
-    };
+
     let form_arg = form.to_string();
-    let (ok, table, stderr) =
-        cli(&["runs", "stats", "--form", &form_arg, "--by", "flag_rule"]).await;
+    let (ok, table, stderr) = proxy
+        .cli(&["runs", "stats", "--form", &form_arg, "--by", "flag_rule"])
+        .await;
     assert!(ok, "{stderr}");
     assert_eq!(
         table,
@@ -231,22 +219,25 @@ async fn the_history_answers_by_time_range_flag_and_in_counts(backend: Backend) 
          max                           1\n"
     );
     let since_arg = between.to_rfc3339();
-    let (ok, json_out, stderr) = cli(&[
-        "runs",
-        "list",
-        "--form",
-        &form_arg,
-        "--since",
-        &since_arg,
-        "--flag-field",
-        "email",
-        "--json",
-    ])
-    .await;
+    let (ok, json_out, stderr) = proxy
+        .cli(&[
+            "runs",
+            "list",
+            "--form",
+            &form_arg,
+            "--since",
+            &since_arg,
+            "--flag-field",
+            "email",
+            "--json",
+        ])
+        .await;
     assert!(ok, "{stderr}");
     let listed: Vec<Value> = serde_json::from_str(&json_out).unwrap();
     assert_eq!(listed.len(), 2);
-    let (ok, _, stderr) = cli(&["runs", "list", "--since", "1h", "--until", "2h"]).await;
+    let (ok, _, stderr) = proxy
+        .cli(&["runs", "list", "--since", "1h", "--until", "2h"])
+        .await;
     assert!(!ok);
     assert!(stderr.contains("is not before --until"), "{stderr}");
 }

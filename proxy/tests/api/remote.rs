@@ -373,27 +373,24 @@ async fn the_python_helper_and_example_pass_their_tests_and_serve_a_sync_remote_
         json!({"id": Uuid::new_v4(), "form_id": form, "answers": {"city": city},
             "created_at": "2026-12-03T10:00:00Z"})
     };
-    let (_, body) = submit(submit_route(
-        layer.clone(),
-        http::StatusCode::CREATED,
-        answer("Bombay"),
-    ))
-    .await;
-    let result = &body["post_submission"]["sync_results"][0];
-    assert_eq!(result["status"], "ok", "{body}");
+    let submitted = async |stored: Value| {
+        let (_, body) = submit(submit_route(
+            layer.clone(),
+            http::StatusCode::CREATED,
+            stored,
+        ))
+        .await;
+        body["post_submission"]["sync_results"][0].clone()
+    };
+    let result = submitted(answer("Bombay")).await;
+    assert_eq!(result["status"], "ok", "{result}");
     assert_eq!(
         result["output"],
         json!({"city": "Mumbai", "input": "Bombay"})
     );
 
-    let (_, body) = submit(submit_route(
-        layer.clone(),
-        http::StatusCode::CREATED,
-        answer("Gotham"),
-    ))
-    .await;
-    let result = &body["post_submission"]["sync_results"][0];
-    assert_eq!(result["status"], "flagged", "{body}");
+    let result = submitted(answer("Gotham")).await;
+    assert_eq!(result["status"], "flagged", "{result}");
     assert_eq!(result["flags"][0]["field"], "city");
     assert_eq!(result["flags"][0]["rule"], "known_city");
 
@@ -404,31 +401,18 @@ async fn the_python_helper_and_example_pass_their_tests_and_serve_a_sync_remote_
     proxy.admin().await.create_binding(request).await.unwrap();
     let mut stored = answer("Bombay");
     stored["form_id"] = json!(wrong);
-    let (_, body) = submit(submit_route(layer, http::StatusCode::CREATED, stored)).await;
-    let result = &body["post_submission"]["sync_results"][0];
-    assert_eq!(result["status"], "failed", "{body}");
-    assert!(result["error"].as_str().unwrap().contains("401"), "{body}");
+    let result = submitted(stored).await;
+    assert_eq!(result["status"], "failed", "{result}");
+    assert!(
+        result["error"].as_str().unwrap().contains("401"),
+        "{result}"
+    );
 }
 
 #[tokio::test]
 async fn kinds_json_shows_every_built_in_schema_and_a_bad_config_names_its_path() {
     let proxy = spawn_proxy(Backend::Embedded).await;
-    // Not std's blocking `output()`: the proxy answering it runs on this test's runtime.
-    let cli = async |args: &[&str]| {
-        let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_postsub"))
-            .args(["--server", &proxy.url()])
-            .args(args)
-            .env_remove("POSTSUB_TOKEN")
-            .output()
-            .await
-            .unwrap();
-        (
-            output.status.success(),
-            String::from_utf8_lossy(&output.stdout).into_owned(),
-            String::from_utf8_lossy(&output.stderr).into_owned(),
-        )
-    };
-    let (ok, stdout, stderr) = cli(&["kinds", "--json"]).await;
+    let (ok, stdout, stderr) = proxy.cli(&["kinds", "--json"]).await;
     assert!(ok, "{stderr}");
     let kinds: Vec<Value> = serde_json::from_str(&stdout).unwrap();
     for name in ["google_sheets", "remote", "validate", "webhook"] {
@@ -444,7 +428,7 @@ async fn kinds_json_shows_every_built_in_schema_and_a_bad_config_names_its_path(
         json!(["url", "secret"])
     );
 
-    let (ok, table, _) = cli(&["kinds"]).await;
+    let (ok, table, _) = proxy.cli(&["kinds"]).await;
     assert!(ok);
     assert!(
         table.starts_with("KIND              MODES       DESCRIPTION\n"),
@@ -457,11 +441,12 @@ async fn kinds_json_shows_every_built_in_schema_and_a_bad_config_names_its_path(
 
     let form = Uuid::new_v4().to_string();
     let config = r#"{"rules": [{"name": "a", "expr": "true"}, {"name": "b", "expr": "x <="}]}"#;
-    let (ok, _, stderr) = cli(&[
-        "bindings", "create", "--form", &form, "--name", "checks", "--kind", "validate", "--mode",
-        "sync", "--config", config,
-    ])
-    .await;
+    let (ok, _, stderr) = proxy
+        .cli(&[
+            "bindings", "create", "--form", &form, "--name", "checks", "--kind", "validate",
+            "--mode", "sync", "--config", config,
+        ])
+        .await;
     assert!(!ok);
     assert!(
         stderr.contains("rules[1].expr: rule `b`: expression `x <=` does not compile"),
