@@ -59,6 +59,9 @@ struct Args {
     /// Run only the console rows (11 and 12).
     #[arg(long)]
     console_only: bool,
+    /// Run only the per-part table (rows 1 to 8), without the whole-system and console rows.
+    #[arg(long)]
+    parts_only: bool,
     /// Concurrent callers of the whole-system rows' full load.
     #[arg(long, default_value_t = 64)]
     system_callers: usize,
@@ -133,12 +136,12 @@ async fn run(args: &Args) -> anyhow::Result<(Report, Vec<system::SystemRow>, con
     } else {
         scenarios::run_all(args).await?
     };
-    let system = if args.embedded_only {
+    let system = if args.embedded_only || args.parts_only {
         Vec::new()
     } else {
         system::run_system(args).await?
     };
-    let console = if args.embedded_only || args.system_only {
+    let console = if args.embedded_only || args.system_only || args.parts_only {
         Default::default()
     } else {
         console::run_console().await?

@@ -154,6 +154,10 @@ pub async fn run_all(args: &Args) -> anyhow::Result<Report> {
     // instead of piling up in the webhook receiver, which lives in this process too.
     stop_worker.cancel();
     let _ = worker.await;
+    println!(
+        "6c. backfill: RunBindings queuing {BACKFILL_SUBMISSIONS} submissions into a webhook binding"
+    );
+    let backfill = backfill_rows(&grpc, &receiver).await?;
 
     let embedded = embedded_rows_all(args).await?;
 
@@ -210,6 +214,12 @@ pub async fn run_all(args: &Args) -> anyhow::Result<Report> {
     report.push("5b. submit route, PostSubmissionLayer", layered_route, None);
     report.push("6a. worker: webhook jobs", webhooks, None);
     report.push("6b. worker: google_sheets rows (100 ms API)", sheets, None);
+    let backfill_ratio = backfill.throughput() / full_rate;
+    report.push(
+        "6c. backfill: RunBindings into a webhook",
+        backfill,
+        Some((backfill_ratio, "row 3")),
+    );
     for (process, measured, drain, drained) in embedded {
         let ratio = measured.throughput() / full_rate;
         report.push(process, measured, Some((ratio, "row 3")));
@@ -564,6 +574,73 @@ async fn measure_drain(total: u64, done: impl Fn() -> u64) -> Measurement {
         cpu,
         peak_rss,
     )
+}
+
+/// Submissions row 6c backfills.
+const BACKFILL_SUBMISSIONS: usize = 20_000;
+
+/// Row 6c: `RunBindings`, what `postsub backfill` calls, queuing [`BACKFILL_SUBMISSIONS`]
+/// submissions into a webhook binding, 500 a call and 4 calls in flight (the CLI's
+/// defaults), the worker stopped: a backfill's throughput on the proxy and the queue. The
+/// requests are built before the clock starts.
+async fn backfill_rows(grpc: &str, receiver: &WebhookReceiver) -> anyhow::Result<Measurement> {
+    let form = Uuid::new_v4();
+    let config = json!({"url": receiver.url, "secret": receiver.secret});
+    let Value::Object(config) = config else {
+        unreachable!("a literal object")
+    };
+    let binding = TaskAdminClient::connect(grpc.to_owned())
+        .await?
+        .create_binding(pb::CreateBindingRequest {
+            form_id: form.to_string(),
+            name: "backfill".into(),
+            kind: "webhook".into(),
+            mode: pb::Mode::Async.into(),
+            config: Some(to_proto_struct(config)),
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    let answers = answers();
+    let batches: Vec<pb::RunBindingsRequest> = (0..BACKFILL_SUBMISSIONS / 500)
+        .map(|_| pb::RunBindingsRequest {
+            binding_ids: vec![binding.id.clone()],
+            submissions: (0..500).map(|_| process_request(form, &answers)).collect(),
+            dry_run: false,
+        })
+        .collect();
+    let client = PostSubmissionClient::connect(grpc.to_owned()).await?;
+    let usage = Usage::start();
+    let started = Instant::now();
+    use futures_util::StreamExt as _;
+    let outcomes: Vec<u64> = futures_util::stream::iter(batches)
+        .map(|batch| {
+            let mut client = client.clone();
+            async move {
+                match client.run_bindings(batch).await {
+                    Ok(reply) => reply
+                        .into_inner()
+                        .results
+                        .iter()
+                        .map(|r| u64::from(r.started))
+                        .sum(),
+                    Err(_) => 0,
+                }
+            }
+        })
+        .buffer_unordered(4)
+        .collect()
+        .await;
+    let elapsed = started.elapsed();
+    let (cpu, peak_rss) = usage.finish();
+    let queued: u64 = outcomes.iter().sum();
+    Ok(Measurement::counted(
+        queued,
+        BACKFILL_SUBMISSIONS as u64 - queued,
+        elapsed,
+        cpu,
+        peak_rss,
+    ))
 }
 
 async fn sheets_rows(

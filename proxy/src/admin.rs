@@ -227,11 +227,26 @@ fn config_from_proto(config: Option<prost_types::Struct>) -> Value {
     Value::Object(config.map(from_proto_struct).unwrap_or_default())
 }
 
-/// A binding's config with what its kind marks secret masked.
+/// A binding's config with what its kind marks secret masked. A kind this process does not
+/// know (a task author's, served by another binary) cannot say which fields are secret, so
+/// every text in its config is masked.
 pub(crate) fn redacted_config(registry: &Registry, binding: &Binding) -> Value {
     match registry.get(&binding.kind) {
         Some(task) => task.redact_config(&binding.config),
-        None => binding.config.clone(),
+        None => mask_texts(&binding.config),
+    }
+}
+
+fn mask_texts(value: &Value) -> Value {
+    match value {
+        Value::String(_) => Value::String("********".into()),
+        Value::Array(items) => Value::Array(items.iter().map(mask_texts).collect()),
+        Value::Object(map) => Value::Object(
+            map.iter()
+                .map(|(key, value)| (key.clone(), mask_texts(value)))
+                .collect(),
+        ),
+        other => other.clone(),
     }
 }
 
@@ -731,6 +746,15 @@ impl TaskAdmin for Admin {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_config_of_a_kind_this_process_does_not_know_shows_no_text() {
+        let config = json!({"auth_token": "t0k3n", "retries": 3, "to": ["+1555"], "on": true});
+        assert_eq!(
+            mask_texts(&config),
+            json!({"auth_token": "********", "retries": 3, "to": ["********"], "on": true})
+        );
+    }
 
     #[test]
     fn a_page_token_keeps_the_run_time_to_the_nanosecond() {

@@ -860,7 +860,6 @@ impl Run {
                             stopped = Some(format!("{err:#}"));
                         }
                     }
-                    progress.show(&tally, started.elapsed());
                 },
                 _ = &mut ctrl_c, if stopped.is_none() => {
                     stopped = Some("interrupted (Ctrl-C)".into());

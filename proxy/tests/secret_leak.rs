@@ -1,9 +1,10 @@
-//! A webhook's secret, followed through the whole path with the real `postsub dev` (debug
-//! logs on): binding created, listed and fetched, a delivery that fails into the dead
-//! letters, its retry (`runs retry-dead`) and replay, a delivery that succeeds, the run
-//! history and the queues. The secret must appear nowhere but where it is needed, the binding's stored config: not in a log
-//! line, a CLI or API answer, a console page, a run record, an attempt or a job. The
-//! console's Overview shows the figures `postsub queues --json` prints.
+//! A webhook's secret, shared by a sync `remote` task, followed through the whole path with
+//! the real `postsub dev` (debug logs on): binding created, listed and fetched, a delivery
+//! that fails into the dead letters, its retry (`runs retry-dead`) and replay, a delivery
+//! that succeeds, the run history and the queues. The secret must appear nowhere but where
+//! it is needed, the binding's stored config: not in a log line, a CLI or API answer, a
+//! console page, a run record, an attempt or a job. The console's Overview shows the
+//! figures `postsub queues --json` prints.
 
 use std::process::Output;
 
@@ -82,6 +83,34 @@ async fn a_webhook_secret_is_found_nowhere_but_in_its_binding() {
     let id = binding["id"].as_str().unwrap().to_owned();
     assert_eq!(binding["config"]["secret"], "whsec_********");
 
+    // A sync `remote` task signed with the same secret, answering `ok`: its config is
+    // masked too, and its calls run on every submission below.
+    let task = WebhookReceiver::listen("127.0.0.1:0".parse().unwrap(), &secret, false)
+        .await
+        .unwrap();
+    task.set_answer(r#"{"status": "ok", "output": {"stored": true}}"#);
+    let remote = json!({"url": task.url, "secret": secret, "settings": {"list": "a"}});
+    let created = cli(
+        &server,
+        &[
+            "bindings",
+            "create",
+            "--form",
+            &form,
+            "--name",
+            "crm",
+            "--kind",
+            "remote",
+            "--mode",
+            "sync",
+            "--config",
+            &remote.to_string(),
+        ],
+    );
+    seen += &said(&created);
+    let remote_binding: Value = serde_json::from_slice(&created.stdout).unwrap();
+    assert_eq!(remote_binding["config"]["secret"], "whsec_********");
+
     // Fails twice: dead; replayed, delivered. A second submission is delivered at once.
     receiver.respond_with(&[500, 500]);
     let submit = |n: u32| {
@@ -147,7 +176,7 @@ async fn a_webhook_secret_is_found_nowhere_but_in_its_binding() {
             .as_array()
             .unwrap()
             .iter()
-            .filter(|run| run["status"] == "succeeded");
+            .filter(|run| run["kind"] == "webhook" && run["status"] == "succeeded");
         if succeeded.count() == 2 {
             break runs;
         }
@@ -248,8 +277,8 @@ async fn a_webhook_secret_is_found_nowhere_but_in_its_binding() {
         .fetch_all(&pool)
         .await
         .unwrap();
-    let stored_config: String = sqlx::query_scalar("SELECT config FROM bindings")
-        .fetch_one(&pool)
+    let stored_configs: Vec<String> = sqlx::query_scalar("SELECT config FROM bindings")
+        .fetch_all(&pool)
         .await
         .unwrap();
     let audit_log: Vec<(Option<String>, Option<String>)> =
@@ -259,11 +288,16 @@ async fn a_webhook_secret_is_found_nowhere_but_in_its_binding() {
             .unwrap();
     pool.close().await;
     seen += &format!("{audit_log:?}");
-    assert!(history.len() == 2 && !attempts.is_empty(), "{history:?}");
+    // Two submissions, each with a webhook run and a remote one.
+    assert!(history.len() == 4 && !attempts.is_empty(), "{history:?}");
     seen += &format!("{history:?}{attempts:?}{jobs:?}");
 
+    assert!(
+        !task.deliveries().is_empty() && task.deliveries().iter().all(|d| d.signature_ok),
+        "the remote task was called, signed"
+    );
     // The search is real: the secret is where it must be, and the log is debug-level.
-    assert!(stored_config.contains(&secret));
+    assert!(stored_configs.len() == 2 && stored_configs.iter().all(|c| c.contains(&secret)));
     assert!(seen.contains("DEBUG") && seen.contains("whsec_********"));
     assert!(!seen.contains(&secret), "the secret leaked");
     assert!(!seen.contains(&key), "the secret's key leaked");
