@@ -28,7 +28,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use tokio::sync::mpsc;
 
-use crate::client::{Client, ServerArgs, SubmitClient, connect_both, status_error, time_or_age};
+use crate::client::{
+    Client, ServerArgs, SubmitClient, check_range, connect_both, status_error, time_or_age,
+};
 
 /// `postsub backfill`.
 #[derive(Debug, Args)]
@@ -141,11 +143,7 @@ impl Tally {
 
 /// Runs `postsub backfill`.
 pub async fn backfill(server: &ServerArgs, args: BackfillArgs) -> anyhow::Result<()> {
-    if let (Some(since), Some(until)) = (args.since, args.until)
-        && since >= until
-    {
-        bail!("--since {since} is not before --until {until}");
-    }
+    check_range(args.since, args.until)?;
     let source = match (&args.from_file, &args.from_backend) {
         (Some(path), None) => Source::file(path)?,
         (None, Some(url)) => Source::Backend(url.trim_end_matches('/').to_owned()),

@@ -265,11 +265,7 @@ pub struct RunFilterArgs {
 impl RunFilterArgs {
     /// The `ListRuns` request of these filters.
     fn request(self) -> anyhow::Result<pb::ListRunsRequest> {
-        if let (Some(since), Some(until)) = (self.since, self.until)
-            && since >= until
-        {
-            anyhow::bail!("--since {since} is not before --until {until}");
-        }
+        check_range(self.since, self.until)?;
         let status = self
             .status
             .map_or(pb::RunStatus::Unspecified, pb::RunStatus::from);
@@ -326,6 +322,19 @@ pub enum AuditCommand {
         #[arg(long)]
         json: bool,
     },
+}
+
+/// Refuses a `--since` that is not before `--until`.
+pub(crate) fn check_range(
+    since: Option<DateTime<Utc>>,
+    until: Option<DateTime<Utc>>,
+) -> anyhow::Result<()> {
+    if let (Some(since), Some(until)) = (since, until)
+        && since >= until
+    {
+        anyhow::bail!("--since {since} is not before --until {until}");
+    }
+    Ok(())
 }
 
 /// `--since` and `--until`: a time, or an age back from now.

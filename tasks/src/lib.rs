@@ -11,7 +11,8 @@
 //! - [`webhook`]: the `webhook` kind: a signed POST (Standard Webhooks) of the submission.
 //! - [`remote`]: the `remote` kind: a task served by a service of your own, over a signed
 //!   HTTP call.
-//! - `outbound`: what the kinds calling a binding's URL share (client, checks, timeouts).
+//! - [`outbound`]: what the kinds calling a binding's URL share (client, checks, timeouts,
+//!   which failures retry), public for task authors' kinds.
 //! - [`google_sheets`]: the `google_sheets` kind: one row per submission in a Google Sheet.
 //!
 //! # Writing a task
@@ -24,7 +25,7 @@
 #![forbid(unsafe_code)]
 
 pub mod google_sheets;
-mod outbound;
+pub mod outbound;
 pub mod registry;
 pub mod remote;
 pub mod state;

@@ -1,9 +1,10 @@
-//! What the kinds that call a binding's URL share (`webhook`, `remote`): the checked URL,
-//! the HTTP client, the timeout setting and how an answer reads in an error.
+//! What the kinds that call a binding's URL share (`webhook`, `remote`, and a task author's
+//! kinds, such as examples/sms-receipt): the checked URL, the HTTP client, the timeout
+//! setting, and which failures another attempt can help.
 
 use std::time::Duration;
 
-use reqwest::{Response, Url, header};
+use reqwest::{Response, StatusCode, Url, header};
 
 use crate::{ConfigError, TargetPolicy, TaskError};
 
@@ -58,17 +59,39 @@ pub(crate) fn timeout(text: Option<&str>) -> Result<Duration, ConfigError> {
         })
 }
 
-/// The error of a call that got no answer: fatal when the target checks refused the
-/// address (another attempt would be refused the same way), retryable otherwise.
-pub(crate) fn send_error(url: &Url, err: &reqwest::Error) -> TaskError {
+/// The error of a `method` call to `url` that got no answer: fatal when the target checks
+/// refused the address (another attempt would be refused the same way), retryable
+/// otherwise (a timeout, a refused or broken connection).
+pub fn send_error(method: &str, url: &Url, err: &reqwest::Error) -> TaskError {
     match crate::targets::refused_in(err) {
-        Some(refused) => TaskError::fatal(format!("POST {url} refused: {refused}")),
-        None => TaskError::retryable(format!("POST {url} failed: {}", crate::error_chain(err))),
+        Some(refused) => TaskError::fatal(format!("{method} {url} refused: {refused}")),
+        None => TaskError::retryable(format!(
+            "{method} {url} failed: {}",
+            crate::error_chain(err)
+        )),
+    }
+}
+
+/// Whether an answer of `status` is worth another attempt: 429 (rate limited) and 5xx.
+pub fn status_retries(status: StatusCode) -> bool {
+    status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error()
+}
+
+/// `message` as an error: retryable, no sooner than `retry_after` when the other side said,
+/// if `retryable`; fatal otherwise.
+pub fn error(retryable: bool, message: String, retry_after: Option<Duration>) -> TaskError {
+    if retryable {
+        TaskError::Retryable {
+            message,
+            retry_after,
+        }
+    } else {
+        TaskError::fatal(message)
     }
 }
 
 /// `Retry-After` in seconds, when the answer has one.
-pub(crate) fn retry_after(response: &Response) -> Option<Duration> {
+pub fn retry_after(response: &Response) -> Option<Duration> {
     response
         .headers()
         .get(header::RETRY_AFTER)

@@ -166,7 +166,7 @@ impl TaskBase for Remote {
         let response = webhook::signed(request, &config.key, &context.run_id.to_string(), body)
             .send()
             .await
-            .map_err(|err| outbound::send_error(&config.url, &err))?;
+            .map_err(|err| outbound::send_error("POST", &config.url, &err))?;
         let status = response.status();
         let retry_after = outbound::retry_after(&response);
         let body = match outbound::body_within(response, MAX_ANSWER_BYTES).await {
@@ -177,7 +177,9 @@ impl TaskBase for Remote {
                     config.url
                 )));
             }
-            Err(BodyError::Read(err)) => return Err(outbound::send_error(&config.url, &err)),
+            Err(BodyError::Read(err)) => {
+                return Err(outbound::send_error("POST", &config.url, &err));
+            }
         };
         read_answer(&config.url, status, retry_after, &body)
     }
@@ -197,7 +199,7 @@ fn read_answer(
         )
     };
     let answer = serde_json::from_slice::<Answer>(body);
-    let retryable_status = status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error();
+    let retryable_status = outbound::status_retries(status);
     if !status.is_success() {
         // The body's `retryable` overrides what the status suggests; its `error` is the
         // message when it has one.
@@ -213,27 +215,17 @@ fn read_answer(
             Ok(Answer { retryable, .. }) => (said(""), retryable.unwrap_or(retryable_status)),
             Err(_) => (said(""), retryable_status),
         };
-        return Err(if retryable {
-            TaskError::Retryable {
-                message,
-                retry_after,
-            }
-        } else {
-            TaskError::fatal(message)
-        });
+        return Err(outbound::error(retryable, message, retry_after));
     }
     let answer =
         answer.map_err(|err| TaskError::fatal(said(&format!(" with no answer ({err})"))))?;
     if let Some(error) = answer.error {
         let message = format!("POST {url}: the task failed: {error}");
-        return Err(if answer.retryable == Some(true) {
-            TaskError::Retryable {
-                message,
-                retry_after,
-            }
-        } else {
-            TaskError::fatal(message)
-        });
+        return Err(outbound::error(
+            answer.retryable == Some(true),
+            message,
+            retry_after,
+        ));
     }
     match answer.status.as_deref() {
         Some("ok" | "flagged") => {}

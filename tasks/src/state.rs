@@ -12,6 +12,14 @@ use uuid::Uuid;
 #[error("task state is unavailable: {0}")]
 pub struct StateError(pub String);
 
+/// A task that cannot read or write its state fails retryably: the store may be back on
+/// the next attempt.
+impl From<StateError> for crate::TaskError {
+    fn from(err: StateError) -> Self {
+        crate::TaskError::retryable(err.to_string())
+    }
+}
+
 /// Small key-value state per binding, shared by every proxy and worker.
 #[async_trait]
 pub trait TaskState: Send + Sync {

@@ -18,7 +18,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use base64::{Engine as _, engine::general_purpose::STANDARD as BASE64};
 use hmac::{Hmac, Mac};
-use reqwest::{StatusCode, Url, header};
+use reqwest::{Url, header};
 use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -62,16 +62,16 @@ impl Default for Webhook {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 #[schemars(title = "webhook config")]
-pub(crate) struct ConfigSpec {
+struct ConfigSpec {
     /// Where to POST: http(s), a public address unless the operator allows more.
     #[schemars(url)]
-    pub(crate) url: String,
+    url: String,
     /// The Standard Webhooks signing secret, `whsec_` and base64; shown masked.
     #[schemars(regex(pattern = r"^whsec_[A-Za-z0-9+/]+=*$"), extend("writeOnly" = true))]
-    pub(crate) secret: String,
+    secret: String,
     /// How long one delivery may take, whole seconds like `10s` (default `10s`).
     #[schemars(regex(pattern = r"^[1-9][0-9]*s$"))]
-    pub(crate) timeout: Option<String>,
+    timeout: Option<String>,
 }
 
 /// A parsed `webhook` config.
@@ -116,7 +116,7 @@ impl TaskBase for Webhook {
         let spec = ConfigError::parse::<ConfigSpec>(config)?;
         Ok(WebhookConfig {
             url: outbound::target_url(&spec.url, &self.targets)?,
-            key: signing_key(&spec.secret).map_err(|err| ConfigError(format!("secret: {err}")))?,
+            key: signing_key(&spec.secret).map_err(|err| ConfigError::at("secret", err))?,
             timeout: outbound::timeout(spec.timeout.as_deref())?,
         })
     }
@@ -141,7 +141,7 @@ impl TaskBase for Webhook {
         let response = signed(request, &config.key, &context.run_id.to_string(), body)
             .send()
             .await
-            .map_err(|err| outbound::send_error(&config.url, &err))?;
+            .map_err(|err| outbound::send_error("POST", &config.url, &err))?;
         let status = response.status();
         if status.is_success() {
             return Ok(Outcome {
@@ -156,14 +156,11 @@ impl TaskBase for Webhook {
             config.url,
             outbound::excerpt(&text)
         );
-        if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
-            Err(TaskError::Retryable {
-                message,
-                retry_after,
-            })
-        } else {
-            Err(TaskError::fatal(message))
-        }
+        Err(outbound::error(
+            outbound::status_retries(status),
+            message,
+            retry_after,
+        ))
     }
 }
 

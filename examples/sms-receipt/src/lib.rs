@@ -25,10 +25,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use postsub_tasks::{
-    ConfigError, Mode, Outcome, RunContext, Submission, TargetPolicy, TaskBase, TaskError,
-    targets::refused_in,
+    ConfigError, Mode, Outcome, RunContext, Submission, TargetPolicy, TaskBase, TaskError, outbound,
 };
-use reqwest::{StatusCode, Url};
+use reqwest::Url;
 use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -231,8 +230,7 @@ impl SmsReceipt {
         let stored = context
             .state
             .put_if_absent(context.binding_id, &key, mine.clone())
-            .await
-            .map_err(|err| TaskError::retryable(err.to_string()))?;
+            .await?;
         Ok(stored != mine)
     }
 
@@ -242,7 +240,7 @@ impl SmsReceipt {
             .post(config.messages_url.clone())
             .basic_auth(&config.account_sid, Some(&config.auth_token))
             .form(&[("To", to), ("From", &config.from), ("Body", body)]);
-        let message: MessageAnswer = self.call(request, &config.messages_url).await?;
+        let message: MessageAnswer = self.call("POST", request, &config.messages_url).await?;
         Ok(message.sid)
     }
 
@@ -258,7 +256,7 @@ impl SmsReceipt {
             .get(config.messages_url.clone())
             .basic_auth(&config.account_sid, Some(&config.auth_token))
             .query(&[("To", to), ("From", &config.from)]);
-        let list: MessageList = self.call(request, &config.messages_url).await?;
+        let list: MessageList = self.call("GET", request, &config.messages_url).await?;
         Ok(list
             .messages
             .into_iter()
@@ -266,30 +264,21 @@ impl SmsReceipt {
             .map(|message| message.sid))
     }
 
-    /// Sends `request` and reads its JSON answer; the error says whether to retry.
+    /// Sends `request` (a `method` call to `url`) and reads its JSON answer; the error says
+    /// whether to retry (429, 5xx, a timeout or a broken connection do).
     async fn call<T: serde::de::DeserializeOwned>(
         &self,
+        method: &str,
         request: reqwest::RequestBuilder,
         url: &Url,
     ) -> Result<T, TaskError> {
-        let response =
-            request
-                .timeout(TIMEOUT)
-                .send()
-                .await
-                .map_err(|err| match refused_in(&err) {
-                    Some(refused) => TaskError::fatal(format!("{url} refused: {refused}")),
-                    None => TaskError::retryable(format!(
-                        "{url} failed: {}",
-                        postsub_tasks::error_chain(&err)
-                    )),
-                })?;
+        let response = request
+            .timeout(TIMEOUT)
+            .send()
+            .await
+            .map_err(|err| outbound::send_error(method, url, &err))?;
         let status = response.status();
-        let retry_after = response
-            .headers()
-            .get(reqwest::header::RETRY_AFTER)
-            .and_then(|value| value.to_str().ok()?.trim().parse().ok())
-            .map(Duration::from_secs);
+        let retry_after = outbound::retry_after(&response);
         let text = response
             .text()
             .await
@@ -306,14 +295,11 @@ impl SmsReceipt {
             .and_then(Value::as_str)
             .map_or_else(|| said.to_string(), str::to_owned);
         let message = format!("{url} answered {status}: {detail}");
-        if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
-            Err(TaskError::Retryable {
-                message,
-                retry_after,
-            })
-        } else {
-            Err(TaskError::fatal(message))
-        }
+        Err(outbound::error(
+            outbound::status_retries(status),
+            message,
+            retry_after,
+        ))
     }
 }
 
@@ -325,11 +311,7 @@ fn sent(sid: &str, how: &str) -> Outcome {
 }
 
 async fn state_get(context: &RunContext, key: &str) -> Result<Option<String>, TaskError> {
-    let value = context
-        .state
-        .get(context.binding_id, key)
-        .await
-        .map_err(|err| TaskError::retryable(err.to_string()))?;
+    let value = context.state.get(context.binding_id, key).await?;
     Ok(value.and_then(|value| value.as_str().map(str::to_owned)))
 }
 
@@ -337,7 +319,6 @@ async fn state_put(context: &RunContext, key: &str, sid: &str) -> Result<(), Tas
     context
         .state
         .put_if_absent(context.binding_id, key, Value::String(sid.to_owned()))
-        .await
-        .map_err(|err| TaskError::retryable(err.to_string()))?;
+        .await?;
     Ok(())
 }

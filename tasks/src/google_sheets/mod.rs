@@ -321,13 +321,12 @@ async fn resolve(
         ensure_tab(google, id, &config.sheet).await?;
         return Ok(id.clone());
     }
-    let state_error = |err: crate::StateError| TaskError::retryable(err.to_string());
     let stored = || async {
         context
             .state
             .get(context.binding_id, SPREADSHEET_KEY)
             .await
-            .map_err(state_error)
+            .map_err(TaskError::from)
     };
     let mut known = stored().await?;
     let creating_guard = match known {
@@ -355,7 +354,7 @@ async fn resolve(
                     Value::String(created.clone()),
                 )
                 .await
-                .map_err(state_error)?;
+                .map_err(TaskError::from)?;
             let stored = stored.as_str().unwrap_or(&created).to_owned();
             if stored != created {
                 tracing::warn!(spreadsheet_id = %created,
@@ -369,7 +368,7 @@ async fn resolve(
             .state
             .get(context.binding_id, SHARED_KEY)
             .await
-            .map_err(state_error)
+            .map_err(TaskError::from)
     };
     if shared().await?.is_none() {
         // The run that created it may still be sharing it: share under the same lock, and
@@ -388,7 +387,7 @@ async fn resolve(
             .state
             .put_if_absent(context.binding_id, SHARED_KEY, Value::Bool(true))
             .await
-            .map_err(state_error)?;
+            .map_err(TaskError::from)?;
     }
     Ok(id)
 }
