@@ -1,9 +1,13 @@
-//! `postsub-sms dev`, the example's own binary, on the embedded backend: submissions to a
-//! form backend's route behind the layer go through `Process`, the queue and the worker to
-//! the Twilio fake, one SMS each, even when a run is retried by hand after it succeeded or
-//! its job comes back after the process was killed in the middle of the send.
+//! `postsub-sms dev`, the example's own binary, on the embedded backend and on PostgreSQL +
+//! RabbitMQ: submissions to a form backend's route behind the layer go through `Process`,
+//! the queue and the worker to the Twilio fake, one SMS each, even when a run is retried by
+//! hand after it succeeded or its job comes back after the process was killed in the middle
+//! of the send.
 
-use std::time::{Duration, Instant};
+use std::{
+    path::PathBuf,
+    time::{Duration, Instant},
+};
 
 use axum::http::StatusCode;
 use postsub::{
@@ -12,7 +16,7 @@ use postsub::{
     pb::{self, task_admin_client::TaskAdminClient},
 };
 use postsub_testkit::{
-    TestSqlite, TwilioFake,
+    TestBroker, TestDatabase, TestSqlite, TwilioFake,
     form_backend::{submit, submit_route},
     process::{free_port, spawn, terminate, wait_for_proxy},
 };
@@ -22,14 +26,46 @@ use uuid::Uuid;
 
 const BINARY: &str = env!("CARGO_BIN_EXE_postsub-sms");
 
-/// `postsub-sms dev` on `file`, its gRPC API at `grpc_addr`.
-fn start_dev(file: &TestSqlite, grpc_addr: &str) -> tokio::process::Child {
-    let env = [
-        ("DATABASE_URL", file.url.as_str()),
+/// Where `postsub-sms dev` keeps its data, the test's own: one SQLite file, or a
+/// PostgreSQL database and a RabbitMQ vhost.
+enum Data {
+    Embedded(TestSqlite),
+    Servers(TestDatabase, TestBroker, PathBuf),
+}
+
+impl Data {
+    async fn create(servers: bool) -> Self {
+        if servers {
+            let log = std::env::temp_dir().join(format!("sms-{}.log", Uuid::new_v4().simple()));
+            Data::Servers(TestDatabase::create("sms").await, TestBroker::create(), log)
+        } else {
+            Data::Embedded(TestSqlite::create("sms"))
+        }
+    }
+
+    fn log(&self) -> PathBuf {
+        match self {
+            Data::Embedded(file) => file.path.with_extension("log"),
+            Data::Servers(_, _, log) => log.clone(),
+        }
+    }
+}
+
+/// `postsub-sms dev` on `data`, its gRPC API at `grpc_addr`.
+fn start_dev(data: &Data, grpc_addr: &str) -> tokio::process::Child {
+    let mut env = vec![
         ("POSTSUB_GRPC_ADDR", grpc_addr),
         ("POSTSUB_HTTP_ADDR", "127.0.0.1:0"),
     ];
-    spawn(BINARY, &["dev"], &env, &file.path.with_extension("log"))
+    match data {
+        Data::Embedded(file) => env.push(("DATABASE_URL", file.url.as_str())),
+        Data::Servers(db, broker, _) => env.extend([
+            ("DATABASE_URL", db.url.as_str()),
+            ("AMQP_URL", broker.url.as_str()),
+            ("POSTSUB_QUEUE_PREFIX", broker.prefix.as_str()),
+        ]),
+    }
+    spawn(BINARY, &["dev"], &env, &data.log())
 }
 
 /// Submits `answers` to `form` through a backend route behind the layer; the reply's jobs.
@@ -77,8 +113,16 @@ async fn wait_succeeded(grpc: &str, run_id: &str, within: Duration) -> pb::Run {
 }
 
 #[tokio::test]
-async fn one_sms_per_submission_through_the_whole_path_even_when_a_job_comes_back() {
-    let file = TestSqlite::create("sms");
+async fn one_sms_per_submission_through_the_whole_path_even_when_a_job_comes_back_embedded() {
+    one_sms_per_submission(Data::create(false).await).await
+}
+
+#[tokio::test]
+async fn one_sms_per_submission_through_the_whole_path_even_when_a_job_comes_back_postgres() {
+    one_sms_per_submission(Data::create(true).await).await
+}
+
+async fn one_sms_per_submission(file: Data) {
     let fake = TwilioFake::start().await;
     let grpc_addr = format!("127.0.0.1:{}", free_port());
     let grpc = format!("http://{grpc_addr}");
@@ -188,7 +232,7 @@ async fn one_sms_per_submission_through_the_whole_path_even_when_a_job_comes_bac
     assert_eq!(fake.messages().len(), 4, "{:?}", fake.messages());
     assert!(terminate(&mut dev).await);
 
-    let log = std::fs::read_to_string(file.path.with_extension("log")).unwrap();
+    let log = std::fs::read_to_string(file.log()).unwrap();
     assert!(
         !log.contains(fake.auth_token.as_str()),
         "the token is in the log"

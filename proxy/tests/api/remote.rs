@@ -36,6 +36,7 @@ contract!(
     a_remote_task_answering_400_is_dead_at_once_with_the_answer_quoted,
     a_sync_remote_tasks_flags_come_back_with_the_submit_response,
     a_job_of_a_kind_the_worker_does_not_know_is_dead_lettered_saying_so,
+    the_python_helper_and_example_pass_their_tests_and_serve_a_sync_remote_binding,
 );
 
 fn remote_config(receiver: &WebhookReceiver, settings: Value) -> Value {
@@ -345,8 +346,9 @@ impl Drop for CityTask {
     }
 }
 
-#[tokio::test]
-async fn the_python_helper_and_example_pass_their_tests_and_serve_a_sync_remote_binding() {
+async fn the_python_helper_and_example_pass_their_tests_and_serve_a_sync_remote_binding(
+    backend: Backend,
+) {
     let env = PythonEnv::create();
     env.run(
         &env.python(),
@@ -359,7 +361,7 @@ async fn the_python_helper_and_example_pass_their_tests_and_serve_a_sync_remote_
         &workspace().join("examples/remote-task-python"),
     );
 
-    let proxy = spawn_proxy(Backend::Embedded).await;
+    let proxy = spawn_proxy(backend).await;
     let secret = "whsec_c2VjcmV0LW9mLXRoZS1jaXR5LXRhc2s=";
     let task = CityTask::start(&env, secret);
     let form = Uuid::new_v4();
