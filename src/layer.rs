@@ -2,7 +2,10 @@
 //!
 //! Wrap a form backend's submit route in this layer and change nothing else. When the route
 //! answers 2xx with a JSON object describing the stored submission, the layer calls the
-//! proxy's `Process` RPC under a deadline and adds the reply to that object:
+//! proxy's `Process` RPC under a deadline and adds the reply to that object. The request's
+//! method says what happened to the submission: `POST` created it, `PUT` and `PATCH`
+//! updated it, `DELETE` deleted it (the route answers with the deleted submission); other
+//! methods (a `GET` of the same path) pass through untouched.
 //!
 //! ```json
 //! {"id": "…", "form_id": "…", "answers": {…}, "created_at": "…",
@@ -16,8 +19,10 @@
 //! unbuffered.
 //!
 //! The submission is read from the response body: `form_id`, `id` (the submission id),
-//! `answers` and `created_at` (RFC 3339), as the field names can be changed with
-//! [`PostSubmissionLayer::fields`].
+//! `answers`, `created_at` (RFC 3339) and `revision` (an integer, or an RFC 3339 update
+//! time, taken in microseconds), as the field names can be changed with
+//! [`PostSubmissionLayer::fields`]. An edit or a deletion without a revision gets the
+//! layer's clock, in microseconds, so the later of two edits is the newer.
 
 use std::{
     collections::HashMap,
@@ -29,7 +34,7 @@ use std::{
 };
 
 use bytes::Bytes;
-use http::{HeaderValue, Request, Response, header};
+use http::{HeaderValue, Method, Request, Response, header};
 use http_body::Body;
 use http_body_util::{BodyExt, Either, Full};
 use serde_json::{Map, Value, json};
@@ -66,6 +71,9 @@ pub struct SubmissionFields {
     pub answers: String,
     /// Field holding the RFC 3339 submission time (default `created_at`); optional in the body.
     pub submitted_at: String,
+    /// Field holding the submission's revision (default `revision`): an integer, or an RFC
+    /// 3339 update time; optional in the body.
+    pub revision: String,
 }
 
 impl Default for SubmissionFields {
@@ -75,6 +83,7 @@ impl Default for SubmissionFields {
             submission_id: "id".into(),
             answers: "answers".into(),
             submitted_at: "created_at".into(),
+            revision: "revision".into(),
         }
     }
 }
@@ -257,6 +266,12 @@ where
     }
 
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
+        let event = match *request.method() {
+            Method::POST => Some(pb::SubmissionEvent::Created),
+            Method::PUT | Method::PATCH => Some(pb::SubmissionEvent::Updated),
+            Method::DELETE => Some(pb::SubmissionEvent::Deleted),
+            _ => None,
+        };
         let metadata: HashMap<String, String> = FORWARDED_HEADERS
             .iter()
             .filter_map(|name| {
@@ -273,7 +288,10 @@ where
         ResponseFuture {
             inner: Box::pin(async move {
                 let response = response.await?;
-                Ok(add_post_submission(response, caller, metadata).await)
+                Ok(match event {
+                    Some(event) => add_post_submission(response, caller, event, metadata).await,
+                    None => response.map(Either::Left),
+                })
             }),
         }
     }
@@ -312,6 +330,7 @@ struct Caller {
 async fn add_post_submission<B>(
     response: Response<B>,
     caller: Caller,
+    event: pb::SubmissionEvent,
     metadata: HashMap<String, String>,
 ) -> Response<PostSubmissionBody<B>>
 where
@@ -353,7 +372,8 @@ where
         return Response::from_parts(parts, Either::Right(Full::new(bytes)));
     };
 
-    let build = |object: &Map<String, Value>| process_request(object, &settings.fields, &metadata);
+    let build =
+        |object: &Map<String, Value>| process_request(object, &settings.fields, event, &metadata);
     let post_submission = match build(&object) {
         Ok(request) => match send(caller.client.clone(), request, &settings).await {
             Ok(reply) => reply_to_json(reply),
@@ -373,6 +393,7 @@ where
 fn process_request(
     object: &Map<String, Value>,
     fields: &SubmissionFields,
+    event: pb::SubmissionEvent,
     metadata: &HashMap<String, String>,
 ) -> Result<pb::ProcessRequest, String> {
     let text = |name: &str| match object.get(name) {
@@ -393,12 +414,46 @@ fn process_request(
         .and_then(Value::as_str)
         .and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok())
         .map(|t| to_proto_timestamp(&t));
+    let revision = match object.get(&fields.revision) {
+        None | Some(Value::Null) => None,
+        Some(Value::Number(n)) => Some(n.as_u64().ok_or_else(|| {
+            format!(
+                "the submit response's `{}` is not a whole number ≥ 0",
+                fields.revision
+            )
+        })?),
+        Some(Value::String(s)) => Some(
+            chrono::DateTime::parse_from_rfc3339(s)
+                .ok()
+                .and_then(|t| u64::try_from(t.timestamp_micros()).ok())
+                .ok_or_else(|| {
+                    format!(
+                        "the submit response's `{}` is neither a number nor an RFC 3339 time",
+                        fields.revision
+                    )
+                })?,
+        ),
+        Some(_) => {
+            return Err(format!(
+                "the submit response's `{}` is neither a number nor an RFC 3339 time",
+                fields.revision
+            ));
+        }
+    };
+    // An edit needs an order: without the backend's revision, the time the layer saw it.
+    let revision = match (revision, event) {
+        (Some(revision), _) => revision,
+        (None, pb::SubmissionEvent::Created) => 0,
+        (None, _) => u64::try_from(chrono::Utc::now().timestamp_micros()).unwrap_or(0),
+    };
     Ok(pb::ProcessRequest {
         form_id: text(&fields.form_id)?,
         submission_id: text(&fields.submission_id)?,
         answers: Some(to_proto_struct(answers)),
         submitted_at,
         metadata: metadata.clone(),
+        event: event.into(),
+        revision,
     })
 }
 

@@ -67,6 +67,7 @@ pub(crate) fn process_request(form: Uuid, answers: &Map<String, Value>) -> pb::P
         answers: Some(to_proto_struct(answers.clone())),
         submitted_at: None,
         metadata: Default::default(),
+        ..Default::default()
     }
 }
 
@@ -460,6 +461,8 @@ async fn load_publish(args: &Args, broker: &TestBroker, load: Load) -> anyhow::R
                 answers: answers(),
                 submitted_at: chrono::Utc::now(),
                 metadata: Default::default(),
+                event: Default::default(),
+                revision: 0,
             },
         }
         .encode(),

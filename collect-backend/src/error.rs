@@ -31,9 +31,17 @@ pub enum ApiError {
     /// No form has this id (404).
     #[error("no form has the id {0}; create the form first or check the id")]
     FormNotFound(Uuid),
+    /// The form has no submission of this id (404).
+    #[error("form {form_id} has no submission {submission_id}")]
+    SubmissionNotFound {
+        /// The form.
+        form_id: Uuid,
+        /// The submission asked for.
+        submission_id: Uuid,
+    },
     /// No route matches the method and path (404).
     #[error(
-        "no such route; the API serves /forms, /forms/{{id}}, /forms/{{id}}/submit, /forms/{{id}}/submissions and /healthz"
+        "no such route; the API serves /forms, /forms/{{id}}, /forms/{{id}}/submit, /forms/{{id}}/submissions, /forms/{{id}}/submissions/{{submission_id}} and /healthz"
     )]
     NoRoute,
     /// Anything else, such as a database error (500).
@@ -49,7 +57,9 @@ impl ApiError {
             Self::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::NotJson => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::FormNotFound(_) | Self::NoRoute => StatusCode::NOT_FOUND,
+            Self::FormNotFound(_) | Self::SubmissionNotFound { .. } | Self::NoRoute => {
+                StatusCode::NOT_FOUND
+            }
             Self::Unexpected(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

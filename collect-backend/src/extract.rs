@@ -97,3 +97,35 @@ impl<S: Send + Sync> FromRequestParts<S> for FormId {
         })
     }
 }
+
+/// The `{id}` and `{submission_id}` path segments of a submission route, parsed as UUIDs
+/// (400 if one is not).
+#[derive(Debug, Clone, Copy)]
+pub struct SubmissionPath {
+    /// The form.
+    pub form_id: Uuid,
+    /// The submission.
+    pub submission_id: Uuid,
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for SubmissionPath {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let Path((form, submission)) = Path::<(String, String)>::from_request_parts(parts, state)
+            .await
+            .map_err(|rejection| ApiError::BadRequest(rejection.body_text()))?;
+        let uuid = |raw: &str, what: &str| {
+            raw.parse().map_err(|_| {
+                ApiError::BadRequest(format!(
+                    "`{raw}` is not a {what} id; ids are UUIDs such as \
+                     67e55044-10b1-426f-9247-bb680e5fe0c8"
+                ))
+            })
+        };
+        Ok(Self {
+            form_id: uuid(&form, "form")?,
+            submission_id: uuid(&submission, "submission")?,
+        })
+    }
+}

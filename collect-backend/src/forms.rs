@@ -169,6 +169,8 @@ pub struct Submission {
     pub answers: Json<Answers>,
     /// When the submission was stored (serialized as RFC 3339).
     pub created_at: DateTime<Utc>,
+    /// 1 when stored, one more per edit; a deleted submission is answered one more again.
+    pub revision: i64,
 }
 
 /// Where a page of submissions ended: the last one's `(created_at, id)`, written

@@ -1,19 +1,19 @@
-//! The HTTP API. Only the submit route carries [`PostSubmissionLayer`]: the rest of the
-//! backend is unaware of postsub.
+//! The HTTP API. Only the routes that change a submission carry [`PostSubmissionLayer`]
+//! (submit, replace, delete): the rest of the backend is unaware of postsub.
 
 use anyhow::Context;
 use axum::{
     Extension, Json, Router,
     extract::{DefaultBodyLimit, Query, State},
     http::StatusCode,
-    routing::{get, post},
+    routing::{get, post, put},
 };
 use postsub::PostSubmissionLayer;
 use serde_json::{Value, json};
 
 use crate::{
     ApiError,
-    extract::{BodyLimit, FormId, JsonBody},
+    extract::{BodyLimit, FormId, JsonBody, SubmissionPath},
     forms::{
         Answers, CreateForm, Cursor, Form, ListParams, NewForm, Submission, SubmissionPage,
         SubmissionQuery, SubmitBody,
@@ -21,15 +21,25 @@ use crate::{
     store::Store,
 };
 
-/// The API's router: forms and submissions in `store`, the submit route wrapped in
-/// `post_submission`, request bodies limited to `max_body_bytes`.
+/// The API's router: forms and submissions in `store`, the routes that change a submission
+/// wrapped in `post_submission` (which reads the event from the method: POST created, PUT
+/// updated, DELETE deleted), request bodies limited to `max_body_bytes`.
 pub fn router(store: Store, post_submission: PostSubmissionLayer, max_body_bytes: usize) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/forms", post(create_form))
         .route("/forms/{id}", get(get_form))
-        .route("/forms/{id}/submit", post(submit).layer(post_submission))
+        .route(
+            "/forms/{id}/submit",
+            post(submit).layer(post_submission.clone()),
+        )
         .route("/forms/{id}/submissions", get(list_submissions))
+        .route(
+            "/forms/{id}/submissions/{submission_id}",
+            put(replace_submission)
+                .delete(delete_submission)
+                .layer(post_submission),
+        )
         .fallback(async || ApiError::NoRoute)
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .layer(Extension(BodyLimit(max_body_bytes)))
@@ -78,6 +88,44 @@ async fn submit(
         .context("storing a submission")?
         .ok_or(ApiError::FormNotFound(form_id))?;
     Ok((StatusCode::CREATED, Json(submission)))
+}
+
+/// `PUT /forms/{id}/submissions/{submission_id}`: replaces a submission's answers (the body
+/// is the submit route's), one revision up. [`PostSubmissionLayer`] then runs the bindings
+/// taking `updated`.
+async fn replace_submission(
+    State(store): State<Store>,
+    path: SubmissionPath,
+    JsonBody(body): JsonBody<SubmitBody>,
+) -> Result<Json<Submission>, ApiError> {
+    let answers = Answers::try_from(body)?;
+    store
+        .replace_answers(path.form_id, path.submission_id, &answers)
+        .await
+        .context("replacing a submission's answers")?
+        .map(Json)
+        .ok_or(ApiError::SubmissionNotFound {
+            form_id: path.form_id,
+            submission_id: path.submission_id,
+        })
+}
+
+/// `DELETE /forms/{id}/submissions/{submission_id}`: deletes a submission and answers it as
+/// it was (revision one up). [`PostSubmissionLayer`] then runs the bindings taking
+/// `deleted`.
+async fn delete_submission(
+    State(store): State<Store>,
+    path: SubmissionPath,
+) -> Result<Json<Submission>, ApiError> {
+    store
+        .delete_submission(path.form_id, path.submission_id)
+        .await
+        .context("deleting a submission")?
+        .map(Json)
+        .ok_or(ApiError::SubmissionNotFound {
+            form_id: path.form_id,
+            submission_id: path.submission_id,
+        })
 }
 
 /// `GET /forms/{id}/submissions?since=&until=&after=&limit=`: one page of the form's

@@ -146,6 +146,7 @@ async fn submission_runs_sync_and_async_tasks_and_records_them() {
                 answers: Some(to_proto_struct(answers.clone())),
                 submitted_at: None,
                 metadata: Default::default(),
+                ..Default::default()
             })
             .await
             .unwrap()

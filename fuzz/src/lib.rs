@@ -280,6 +280,8 @@ pub fn submission(answers: Map<String, Value>) -> Submission {
         answers,
         submitted_at: DateTime::<Utc>::UNIX_EPOCH,
         metadata: BTreeMap::new(),
+        event: Default::default(),
+        revision: 0,
     }
 }
 
@@ -292,6 +294,7 @@ pub fn run_validate(
         run_id: Uuid::nil(),
         binding_id: Uuid::nil(),
         binding_name: String::new(),
+        events: Default::default(),
         attempt: 1,
         state: Arc::new(MemoryState::default()),
     };

@@ -11,7 +11,7 @@ use postsub::{
     },
     pb::{self, task_admin_server::TaskAdmin},
 };
-use postsub_tasks::{Mode, Registry};
+use postsub_tasks::{Event, Mode, Registry};
 use serde_json::{Value, json};
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
@@ -58,11 +58,28 @@ impl Admin {
     }
 
     /// Checks a binding the way `Process` will use it: kind known, mode offered, config valid.
-    fn check(&self, kind: &str, mode: Mode, config: &Value) -> Result<(), Status> {
+    fn check(
+        &self,
+        kind: &str,
+        mode: Mode,
+        config: &Value,
+        options: &BindingOptions,
+    ) -> Result<(), Status> {
         self.registry
             .prepare(kind, mode, config)
-            .map(drop)
-            .map_err(|err| Status::invalid_argument(err.0))
+            .map_err(|err| Status::invalid_argument(err.0))?;
+        let (events, takes) = (
+            options.events(),
+            self.registry.get(kind).map(|task| task.events()),
+        );
+        if let Some(takes) = takes
+            && !takes.includes(events)
+        {
+            return Err(Status::invalid_argument(format!(
+                "events: task kind `{kind}` runs on {takes}, not on {events}"
+            )));
+        }
+        Ok(())
     }
 
     /// Records a change in the audit log. A change that happened is not undone when its
@@ -162,6 +179,9 @@ fn apply_options(
                 options.set_duration(option, &text).map_err(invalid)?;
             }
         }
+        if !change.events.is_empty() {
+            options.set_events(&change.events).map_err(invalid)?;
+        }
     }
     options.check().map_err(invalid)
 }
@@ -183,6 +203,7 @@ fn options_to_proto(options: &BindingOptions) -> pb::BindingOptions {
         timeout: text(DurationOption::Timeout),
         delay: text(DurationOption::Delay),
         expires_after: text(DurationOption::ExpiresAfter),
+        events: options.events().to_string(),
     }
 }
 
@@ -212,6 +233,10 @@ fn run_filter(request: &pb::ListRunsRequest) -> Result<RunFilter, Status> {
         flag_field: non_empty(&request.flag_field),
         flag_rule: non_empty(&request.flag_rule),
         error_contains: non_empty(&request.error_contains),
+        event: non_empty(&request.event)
+            .map(|event| event.parse::<Event>())
+            .transpose()
+            .map_err(Status::invalid_argument)?,
     };
     if let (Some(after), Some(before)) = (filter.created_after, filter.created_before)
         && after >= before
@@ -277,6 +302,7 @@ fn run_to_proto(run: Run, attempts: Vec<Attempt>) -> pb::Run {
         form_id: run.form_id.to_string(),
         submission_id: run.submission_id.to_string(),
         kind: run.kind,
+        event: run.event.to_string(),
         mode: mode_to_proto(run.mode).into(),
         status: pb::RunStatus::from(run.status).into(),
         attempts: run.attempts.max(0) as u32,
@@ -379,9 +405,9 @@ impl TaskAdmin for Admin {
         }
         let mode = parse_mode(request.mode)?;
         let config = config_from_proto(request.config);
-        self.check(&request.kind, mode, &config)?;
         let mut options = BindingOptions::default();
         apply_options(&mut options, request.options)?;
+        self.check(&request.kind, mode, &config, &options)?;
         let binding = self
             .store
             .insert_binding(NewBinding {
@@ -471,7 +497,12 @@ impl TaskAdmin for Admin {
             binding.enabled = enabled;
         }
         apply_options(&mut binding.options, request.options)?;
-        self.check(&binding.kind, binding.mode, &binding.config)?;
+        self.check(
+            &binding.kind,
+            binding.mode,
+            &binding.config,
+            &binding.options,
+        )?;
         let binding = self
             .store
             .update_binding(&binding)
@@ -765,6 +796,8 @@ mod tests {
             answers: serde_json::Map::new(),
             submitted_at: at,
             metadata: Default::default(),
+            event: Event::Created,
+            revision: 0,
         };
         let run = Run::queued(Uuid::new_v4(), "webhook", Mode::Async, &submission, at);
         assert_eq!(

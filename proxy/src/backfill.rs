@@ -404,6 +404,8 @@ fn submission(line: u64, form_id: &str, window: Window, fields: SubmissionFields
             answers: Some(to_proto_struct(fields.answers)),
             submitted_at: submitted_at.as_ref().map(to_proto_timestamp),
             metadata: [("backfill".to_owned(), "true".to_owned())].into(),
+            // A backfill runs the bindings' creations.
+            ..Default::default()
         },
         Position::Line(line),
     )
@@ -642,6 +644,7 @@ async fn read_backend(
                 answers: Some(to_proto_struct(submission.answers)),
                 submitted_at: Some(to_proto_timestamp(&submission.created_at)),
                 metadata: [("backfill".to_owned(), "true".to_owned())].into(),
+                ..Default::default()
             };
             if sender
                 .send(Read::Submission(request, position))

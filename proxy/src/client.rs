@@ -14,7 +14,7 @@ use postsub::{
     },
     pb::{self, post_submission_client::PostSubmissionClient, task_admin_client::TaskAdminClient},
 };
-use postsub_tasks::Mode;
+use postsub_tasks::{Event, Mode};
 use serde_json::{Value, json};
 use tonic::{
     metadata::{Ascii, MetadataValue},
@@ -90,6 +90,10 @@ pub struct OptionsArgs {
     /// Give up on a job not started this long after the submission: the run is `expired`.
     #[arg(long)]
     expires_after: Option<String>,
+    /// The submission events the binding runs on, comma-separated: created, updated,
+    /// deleted (default created).
+    #[arg(long, value_name = "EVENTS")]
+    events: Option<String>,
 }
 
 impl From<OptionsArgs> for pb::BindingOptions {
@@ -101,6 +105,7 @@ impl From<OptionsArgs> for pb::BindingOptions {
             timeout: args.timeout.unwrap_or_default(),
             delay: args.delay.unwrap_or_default(),
             expires_after: args.expires_after.unwrap_or_default(),
+            events: args.events.unwrap_or_default(),
         }
     }
 }
@@ -254,6 +259,9 @@ pub struct RunFilterArgs {
     /// Only runs whose error contains this text (case ignored).
     #[arg(long, visible_alias = "error-contains")]
     error: Option<String>,
+    /// Only runs for this submission event (created, updated, deleted).
+    #[arg(long)]
+    event: Option<Event>,
     /// Only runs created at or after this time: RFC 3339 or an age (`1d`: a day ago).
     #[arg(long, value_parser = time_or_age)]
     since: Option<DateTime<Utc>>,
@@ -279,6 +287,10 @@ impl RunFilterArgs {
             flag_field: self.flag_field.unwrap_or_default(),
             flag_rule: self.flag_rule.unwrap_or_default(),
             error_contains: self.error.unwrap_or_default(),
+            event: self
+                .event
+                .map(|event| event.to_string())
+                .unwrap_or_default(),
             created_after: self.since.as_ref().map(to_proto_timestamp),
             created_before: self.until.as_ref().map(to_proto_timestamp),
             ..Default::default()
@@ -525,6 +537,7 @@ fn options_json(options: pb::BindingOptions) -> Value {
         "timeout": text_or_null(options.timeout),
         "delay": text_or_null(options.delay),
         "expires_after": text_or_null(options.expires_after),
+        "events": text_or_null(options.events),
     })
 }
 
@@ -553,6 +566,7 @@ fn run_json(run: pb::Run) -> Value {
         "form_id": run.form_id,
         "submission_id": run.submission_id,
         "kind": run.kind,
+        "event": run.event,
         "mode": mode_name(run.mode),
         "status": status_name(run.status),
         "attempts": run.attempts,
@@ -1052,9 +1066,9 @@ fn print_table(runs: &[Value]) {
 /// The runs as a table whose columns line up: times to the second, and the flags a sync
 /// run raised counted, since such a run `succeeded` though its submit said `flagged`.
 fn runs_table(runs: &[Value]) -> String {
-    let line = |cells: [&str; 9]| {
+    let line = |cells: [&str; 10]| {
         format!(
-            "{:<36}  {:<9}  {:<13}  {:<5}  {:>8}  {:>5}  {:<36}  {:<20}  {}\n",
+            "{:<36}  {:<9}  {:<13}  {:<5}  {:<7}  {:>8}  {:>5}  {:<36}  {:<20}  {}\n",
             cells[0],
             cells[1],
             cells[2],
@@ -1063,7 +1077,8 @@ fn runs_table(runs: &[Value]) -> String {
             cells[5],
             cells[6],
             cells[7],
-            cells[8]
+            cells[8],
+            cells[9]
         )
     };
     let mut table = line([
@@ -1071,6 +1086,7 @@ fn runs_table(runs: &[Value]) -> String {
         "STATUS",
         "KIND",
         "MODE",
+        "EVENT",
         "ATTEMPTS",
         "FLAGS",
         "SUBMISSION_ID",
@@ -1086,6 +1102,7 @@ fn runs_table(runs: &[Value]) -> String {
             &text("status"),
             &text("kind"),
             &text("mode"),
+            &text("event"),
             &attempts,
             &flags,
             &text("submission_id"),
@@ -1115,7 +1132,7 @@ mod tests {
     fn the_runs_table_lines_up_and_counts_flags() {
         let run = |kind: &str, flags: Value| {
             json!({"run_id": uuid::Uuid::nil().to_string(), "status": "succeeded", "kind": kind,
-                   "mode": "sync", "attempts": 1, "flags": flags,
+                   "mode": "sync", "event": "updated", "attempts": 1, "flags": flags,
                    "submission_id": uuid::Uuid::nil().to_string(),
                    "created_at": "2026-12-02T10:00:00.123456789+00:00", "error": null})
         };
@@ -1132,9 +1149,10 @@ mod tests {
                 column(header, "CREATED_AT")
             );
             assert_eq!(column(line, "sync"), column(header, "MODE"));
+            assert_eq!(column(line, "updated"), column(header, "EVENT"));
         }
         assert_eq!(
-            lines[1].split_whitespace().nth(5),
+            lines[1].split_whitespace().nth(6),
             Some("2"),
             "two flags: {table}"
         );

@@ -18,7 +18,7 @@ use postsub::{
     json::{from_proto_struct, from_proto_timestamp, to_proto_value},
     pb::{self, post_submission_server::PostSubmission},
 };
-use postsub_tasks::{Mode, RunContext, Submission, TaskState};
+use postsub_tasks::{Event, Mode, RunContext, Submission, TaskState};
 use prost::Message as _;
 use tonic::{Request, Response, Status};
 
@@ -111,12 +111,25 @@ impl Dispatcher {
                 self.limits.max_answers_keys
             )));
         }
+        let event = match pb::SubmissionEvent::try_from(request.event) {
+            Ok(pb::SubmissionEvent::Unspecified | pb::SubmissionEvent::Created) => Event::Created,
+            Ok(pb::SubmissionEvent::Updated) => Event::Updated,
+            Ok(pb::SubmissionEvent::Deleted) => Event::Deleted,
+            Err(_) => {
+                return Err(Status::invalid_argument(format!(
+                    "event {} is not a SubmissionEvent",
+                    request.event
+                )));
+            }
+        };
         Ok(Submission {
             form_id,
             submission_id,
             answers,
             submitted_at,
             metadata: request.metadata.into_iter().collect(),
+            event,
+            revision: request.revision,
         })
     }
 
@@ -135,6 +148,7 @@ impl Dispatcher {
             run_id: run.run_id,
             binding_id: binding.id,
             binding_name: binding.name.clone(),
+            events: binding.options.events(),
             attempt: 1,
             state: self.store.clone() as Arc<dyn TaskState>,
         };
@@ -245,12 +259,16 @@ impl PostSubmission for Dispatcher {
                 "no enabled binding for this form: nothing to run");
             return Ok(Response::new(pb::ProcessResponse::default()));
         };
-        let sync = bindings
-            .iter()
+        // A binding that does not take this event has no run for it: not an error.
+        let taking = || {
+            bindings
+                .iter()
+                .filter(|live| live.binding.options.events().contains(submission.event))
+        };
+        let sync = taking()
             .filter(|live| live.binding.mode == Mode::Sync)
             .map(|live| self.run_sync(live, &submission));
-        let (new_jobs, jobs): (Vec<_>, Vec<_>) = bindings
-            .iter()
+        let (new_jobs, jobs): (Vec<_>, Vec<_>) = taking()
             .filter(|live| live.binding.mode == Mode::Async)
             .map(|live| Self::job(live, &submission))
             .unzip();
@@ -359,12 +377,16 @@ async fn run_bindings(
             }),
         }
     }
+    let takes = |live: &LiveBinding, submission: &Submission| {
+        live.binding.options.events().contains(submission.event)
+    };
     let run_ids: Vec<_> = work
         .iter()
         .flat_map(|(_, submission)| {
             bindings
                 .iter()
-                .map(|live| run_id(submission.submission_id, live.binding.id))
+                .filter(|live| takes(live, submission))
+                .map(|live| run_id(submission, live.binding.id))
         })
         .collect();
     let existing = dispatcher
@@ -375,9 +397,11 @@ async fn run_bindings(
     let backfills: Vec<Backfill> = work
         .into_iter()
         .map(|(index, submission)| {
-            let (done, due): (Vec<_>, Vec<_>) = bindings.iter().cloned().partition(|live| {
-                existing.contains(&run_id(submission.submission_id, live.binding.id))
-            });
+            let (done, due): (Vec<_>, Vec<_>) = bindings
+                .iter()
+                .filter(|live| takes(live, &submission))
+                .cloned()
+                .partition(|live| existing.contains(&run_id(&submission, live.binding.id)));
             results[index].started = due.len() as u32;
             results[index].already_done = done.len() as u32;
             Backfill { submission, due }

@@ -45,6 +45,7 @@ impl Job {
 mod tests {
     use std::collections::BTreeMap;
 
+    use postsub_tasks::Event;
     use proptest::{collection, prelude::*};
     use serde_json::{Map, Value, json};
 
@@ -95,9 +96,18 @@ mod tests {
             collection::vec((".{0,6}", answer()), 0..6),
             collection::btree_map(".{0,6}", ".{0,6}", 0..3),
             any::<u32>(),
+            (prop::sample::select(Event::ALL.to_vec()), any::<u64>()),
         )
             .prop_map(
-                |(ids, kind, (queued_at, submitted_at), answers, metadata, attempts_before)| Job {
+                |(
+                    ids,
+                    kind,
+                    (queued_at, submitted_at),
+                    answers,
+                    metadata,
+                    attempts_before,
+                    (event, revision),
+                )| Job {
                     run_id: Uuid::from_u128(ids.0),
                     binding_id: Uuid::from_u128(ids.1),
                     kind,
@@ -108,6 +118,8 @@ mod tests {
                         answers: answers.into_iter().collect::<Map<_, _>>(),
                         submitted_at,
                         metadata: metadata.into_iter().collect::<BTreeMap<_, _>>(),
+                        event,
+                        revision,
                     },
                     attempts_before,
                 },

@@ -2,7 +2,7 @@
 //!
 //! One vocabulary everywhere (admin API, `postsub bindings` flags, the `bindings.options`
 //! column): `max_attempts`, `backoff_initial`, `backoff_max`, `timeout`, `delay`,
-//! `expires_after`. Durations are written `500ms`, `10s`, `5m`, `1h`, `1d` and kept in whole
+//! `expires_after`, and `events` (which submission events the binding runs on). Durations are written `500ms`, `10s`, `5m`, `1h`, `1d` and kept in whole
 //! milliseconds (RabbitMQ's unit for message expiry).
 //!
 //! Only the options a binding sets are stored; the others take their defaults when read,
@@ -11,6 +11,7 @@
 use std::time::Duration;
 
 use chrono::{DateTime, TimeDelta, Utc};
+use postsub_tasks::Events;
 use serde::{Deserialize, Serialize};
 
 /// Attempts in all when a binding does not say.
@@ -77,9 +78,35 @@ pub struct BindingOptions {
     timeout: Option<Duration>,
     delay: Option<Duration>,
     expires_after: Option<Duration>,
+    events: Option<Events>,
 }
 
 impl BindingOptions {
+    /// Sets `events` from a comma-separated list (`created,updated`), or back to its
+    /// default (`created`) with `default`.
+    pub fn set_events(&mut self, text: &str) -> Result<(), OptionError> {
+        let text = text.trim();
+        self.events = if text == "default" {
+            None
+        } else {
+            Some(
+                text.parse()
+                    .map_err(|err: String| OptionError(format!("events: {err}")))?,
+            )
+        };
+        Ok(())
+    }
+
+    /// The submission events the binding runs on (`created` unless set).
+    pub fn events(&self) -> Events {
+        self.events.unwrap_or_default()
+    }
+
+    /// Whether `events` is set (the API shows what a binding chose).
+    pub fn events_set(&self) -> bool {
+        self.events.is_some()
+    }
+
     /// Sets `max_attempts` (attempts in all, the first included).
     pub fn set_max_attempts(&mut self, attempts: u32) -> Result<(), OptionError> {
         if !(1..=MAX_ATTEMPTS_LIMIT).contains(&attempts) {
@@ -264,6 +291,8 @@ struct StoredOptions {
     delay: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     expires_after: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    events: Option<String>,
 }
 
 impl StoredOptions {
@@ -291,6 +320,9 @@ impl TryFrom<StoredOptions> for BindingOptions {
                 options.set_duration(option, text)?;
             }
         }
+        if let Some(events) = &stored.events {
+            options.set_events(events)?;
+        }
         Ok(options)
     }
 }
@@ -305,6 +337,7 @@ impl From<BindingOptions> for StoredOptions {
             timeout: text(DurationOption::Timeout),
             delay: text(DurationOption::Delay),
             expires_after: text(DurationOption::ExpiresAfter),
+            events: options.events.map(|events| events.to_string()),
         }
     }
 }

@@ -4,7 +4,7 @@ use std::{fmt, str::FromStr, sync::LazyLock};
 
 use chrono::{DateTime, Utc};
 use postsub::pb;
-use postsub_tasks::{Flag, Mode, Submission};
+use postsub_tasks::{Event, Flag, Mode, Submission};
 use regex::Regex;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -16,12 +16,22 @@ use crate::execute::Execution;
 /// across a deploy.
 const RUN_ID_NAMESPACE: Uuid = Uuid::from_u128(0x6f1c_2a57_3b1e_4d4b_9a0e_5c7d_8e21_b3f4);
 
-/// The run id of `binding_id` for `submission_id`: the same on every `Process` call for that
-/// submission, so repeated calls queue the same run instead of a second one.
-pub fn run_id(submission_id: Uuid, binding_id: Uuid) -> Uuid {
-    let mut name = [0u8; 32];
-    name[..16].copy_from_slice(submission_id.as_bytes());
-    name[16..].copy_from_slice(binding_id.as_bytes());
+/// The run id of `binding_id` for `submission`'s event: the same on every `Process` call
+/// reporting that event, so repeated calls queue the same run instead of a second one.
+///
+/// A creation's id is derived from (submission, binding) alone, as before events existed:
+/// a submission is created once, whatever revision a backend reports with it (a backfill
+/// of an edited submission finds its creation's run). An edit's or a deletion's id is
+/// derived from (submission, binding, event, revision), so each edit runs once.
+pub fn run_id(submission: &Submission, binding_id: Uuid) -> Uuid {
+    let mut name = [0u8; 41];
+    name[..16].copy_from_slice(submission.submission_id.as_bytes());
+    name[16..32].copy_from_slice(binding_id.as_bytes());
+    if submission.event == Event::Created {
+        return Uuid::new_v5(&RUN_ID_NAMESPACE, &name[..32]);
+    }
+    name[32] = submission.event as u8;
+    name[33..].copy_from_slice(&submission.revision.to_be_bytes());
     Uuid::new_v5(&RUN_ID_NAMESPACE, &name)
 }
 
@@ -157,6 +167,8 @@ pub struct Run {
     pub submission_id: Uuid,
     /// Task kind.
     pub kind: String,
+    /// The submission event it ran for.
+    pub event: Event,
     /// Sync or async.
     pub mode: Mode,
     /// Where it stands.
@@ -189,7 +201,8 @@ impl Run {
         created_at: DateTime<Utc>,
     ) -> Self {
         Run {
-            run_id: run_id(submission.submission_id, binding_id),
+            run_id: run_id(submission, binding_id),
+            event: submission.event,
             binding_id,
             form_id: submission.form_id,
             submission_id: submission.submission_id,
@@ -406,9 +419,40 @@ mod tests {
     }
 
     #[test]
-    fn run_id_is_stable_and_distinct() {
+    fn run_id_is_stable_and_distinct_per_event_and_revision() {
         let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
-        assert_eq!(run_id(a, b), run_id(a, b));
-        assert_ne!(run_id(a, b), run_id(b, a));
+        let submission = |id: Uuid, event: Event, revision: u64| Submission {
+            form_id: Uuid::nil(),
+            submission_id: id,
+            answers: serde_json::Map::new(),
+            submitted_at: Utc::now(),
+            metadata: Default::default(),
+            event,
+            revision,
+        };
+        let created = submission(a, Event::Created, 0);
+        assert_eq!(run_id(&created, b), run_id(&created, b));
+        assert_ne!(
+            run_id(&created, b),
+            run_id(&submission(b, Event::Created, 0), a)
+        );
+        // The derivation of earlier releases, so existing runs keep their ids.
+        let mut name = [0u8; 32];
+        name[..16].copy_from_slice(a.as_bytes());
+        name[16..].copy_from_slice(b.as_bytes());
+        assert_eq!(run_id(&created, b), Uuid::new_v5(&RUN_ID_NAMESPACE, &name));
+        // A creation's revision does not matter; an edit's does, and each event is its own.
+        assert_eq!(
+            run_id(&submission(a, Event::Created, 9), b),
+            run_id(&created, b)
+        );
+        let ids: std::collections::HashSet<Uuid> = [
+            run_id(&created, b),
+            run_id(&submission(a, Event::Updated, 1), b),
+            run_id(&submission(a, Event::Updated, 2), b),
+            run_id(&submission(a, Event::Deleted, 2), b),
+        ]
+        .into();
+        assert_eq!(ids.len(), 4);
     }
 }

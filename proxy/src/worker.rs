@@ -311,6 +311,10 @@ impl Worker {
                 .as_ref()
                 .map(|live| live.binding.name.clone())
                 .unwrap_or_default(),
+            events: live
+                .as_ref()
+                .map(|live| live.binding.options.events())
+                .unwrap_or_default(),
             attempt: attempt.max(1) as u32,
             state: self.state.clone(),
         };

@@ -38,8 +38,8 @@ pub use registry::{DuplicateKind, Registry};
 pub use state::{MemoryState, StateError, TaskState};
 pub use targets::TargetPolicy;
 pub use task::{
-    ConfigError, Flag, Mode, Outcome, PreparedTask, RunContext, Submission, TaskBase, TaskError,
-    schema_for,
+    ConfigError, Event, Events, Flag, Mode, Outcome, PreparedTask, RunContext, Submission,
+    TaskBase, TaskError, schema_for,
 };
 
 /// Installs ring as the process's TLS crypto provider unless one is installed: the HTTP

@@ -34,6 +34,9 @@ pub trait TaskState: Send + Sync {
         key: &str,
         value: Value,
     ) -> Result<Value, StateError>;
+
+    /// Stores `value` under `key`, replacing what is there: the last writer wins.
+    async fn put(&self, binding_id: Uuid, key: &str, value: Value) -> Result<(), StateError>;
 }
 
 /// [`TaskState`] in process memory.
@@ -60,5 +63,11 @@ impl TaskState for MemoryState {
             .entry((binding_id, key.to_owned()))
             .or_insert(value)
             .clone())
+    }
+
+    async fn put(&self, binding_id: Uuid, key: &str, value: Value) -> Result<(), StateError> {
+        let mut values = self.values.lock().expect("state lock");
+        values.insert((binding_id, key.to_owned()), value);
+        Ok(())
     }
 }

@@ -50,6 +50,137 @@ impl std::str::FromStr for Mode {
     }
 }
 
+/// What happened to a submission: the event a `Process` call reports.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Event {
+    /// The submission was stored (a 2xx POST): the event every binding takes by default.
+    #[default]
+    Created,
+    /// Its answers were replaced or changed (a 2xx PUT or PATCH).
+    Updated,
+    /// It was deleted (a 2xx DELETE); `answers` are its last ones.
+    Deleted,
+}
+
+impl Event {
+    /// Every event, in the order they are listed to people.
+    pub const ALL: [Event; 3] = [Event::Created, Event::Updated, Event::Deleted];
+
+    /// The name used in the API, the database, the CLI and JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Event::Created => "created",
+            Event::Updated => "updated",
+            Event::Deleted => "deleted",
+        }
+    }
+
+    /// Whether this is [`Event::Created`] (serde skips the field then, so a job of a new
+    /// submission reads as it did before events existed).
+    pub fn is_created(&self) -> bool {
+        *self == Event::Created
+    }
+
+    fn bit(self) -> u8 {
+        1 << self as u8
+    }
+}
+
+impl fmt::Display for Event {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Event {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Event::ALL
+            .into_iter()
+            .find(|event| event.as_str() == s)
+            .ok_or_else(|| {
+                format!("unknown event `{s}`: expected `created`, `updated` or `deleted`")
+            })
+    }
+}
+
+/// A set of [`Event`]s: those a binding takes, or a kind can take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Events(u8);
+
+impl Events {
+    /// What a binding takes unless it says: `created` only.
+    pub const CREATED: Events = Events(1);
+    /// Every event.
+    pub const ALL: Events = Events(0b111);
+
+    /// The set of these events.
+    pub fn of(events: &[Event]) -> Self {
+        Events(events.iter().fold(0, |bits, event| bits | event.bit()))
+    }
+
+    /// Whether `event` is in the set.
+    pub fn contains(self, event: Event) -> bool {
+        self.0 & event.bit() != 0
+    }
+
+    /// Whether the set holds no event.
+    pub fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+
+    /// Whether every event of `other` is in this set.
+    pub fn includes(self, other: Events) -> bool {
+        other.0 & !self.0 == 0
+    }
+
+    /// The events in the set, in [`Event::ALL`]'s order.
+    pub fn iter(self) -> impl Iterator<Item = Event> {
+        Event::ALL
+            .into_iter()
+            .filter(move |event| self.contains(*event))
+    }
+
+    /// Whether the set holds an edit or a delete: the bindings that must keep a
+    /// submission's revisions in order.
+    pub fn follows_edits(self) -> bool {
+        self.contains(Event::Updated) || self.contains(Event::Deleted)
+    }
+}
+
+impl Default for Events {
+    fn default() -> Self {
+        Events::CREATED
+    }
+}
+
+impl fmt::Display for Events {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let names: Vec<&str> = self.iter().map(Event::as_str).collect();
+        f.write_str(&names.join(","))
+    }
+}
+
+impl std::str::FromStr for Events {
+    type Err = String;
+
+    /// A comma-separated list: `created,updated`.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let events = s
+            .split(',')
+            .map(str::trim)
+            .filter(|name| !name.is_empty())
+            .map(str::parse)
+            .collect::<Result<Vec<Event>, _>>()?;
+        if events.is_empty() {
+            return Err("name at least one event: created, updated or deleted".into());
+        }
+        Ok(Events::of(&events))
+    }
+}
+
 /// One stored submission, as every task sees it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Submission {
@@ -64,6 +195,18 @@ pub struct Submission {
     /// Context from the backend (request id, user agent, ...).
     #[serde(default)]
     pub metadata: BTreeMap<String, String>,
+    /// What happened to it; absent in JSON for `created`.
+    #[serde(default, skip_serializing_if = "Event::is_created")]
+    pub event: Event,
+    /// The backend's version of it (a counter, or its update time in microseconds): of two
+    /// edits, the one with the higher revision is the newer. 0 when unknown; absent in JSON
+    /// then.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub revision: u64,
+}
+
+fn is_zero(revision: &u64) -> bool {
+    *revision == 0
 }
 
 /// Which run of which binding this is, and what the task may use.
@@ -76,6 +219,9 @@ pub struct RunContext {
     pub binding_id: Uuid,
     /// Its name (unique per form).
     pub binding_name: String,
+    /// The events the binding takes: a kind that keeps one thing per submission (a sheet
+    /// row) keeps the newest revision when this holds edits or deletes.
+    pub events: Events,
     /// 1 for the first attempt. Above 1, an earlier attempt may have had its side effect
     /// without being recorded: check before repeating it.
     pub attempt: u32,
@@ -89,6 +235,7 @@ impl fmt::Debug for RunContext {
             .field("run_id", &self.run_id)
             .field("binding_id", &self.binding_id)
             .field("binding_name", &self.binding_name)
+            .field("events", &self.events)
             .field("attempt", &self.attempt)
             .finish_non_exhaustive()
     }
@@ -212,6 +359,12 @@ pub trait TaskBase: Send + Sync + 'static {
         &[Mode::Sync, Mode::Async]
     }
 
+    /// The events a binding of this kind may take (all by default; `validate` has nothing
+    /// to check in a deletion).
+    fn events(&self) -> Events {
+        Events::ALL
+    }
+
     /// The config as JSON Schema: [`schema_for`] of the type `parse_config` deserializes.
     fn config_schema(&self) -> Value;
 
@@ -241,6 +394,8 @@ pub trait DynTask: Send + Sync {
     fn description(&self) -> &'static str;
     /// See [`TaskBase::modes`].
     fn modes(&self) -> &'static [Mode];
+    /// See [`TaskBase::events`].
+    fn events(&self) -> Events;
     /// See [`TaskBase::config_schema`].
     fn config_schema(&self) -> Value;
     /// Parses a binding config into a task ready to run.
@@ -289,6 +444,10 @@ impl<T: TaskBase> DynTask for Erased<T> {
 
     fn modes(&self) -> &'static [Mode] {
         self.0.modes()
+    }
+
+    fn events(&self) -> Events {
+        self.0.events()
     }
 
     fn redact_config(&self, config: &Value) -> Value {

@@ -25,7 +25,9 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
-use crate::{ConfigError, Flag, Outcome, RunContext, Submission, TaskBase, TaskError};
+use crate::{
+    ConfigError, Event, Events, Flag, Outcome, RunContext, Submission, TaskBase, TaskError,
+};
 
 /// The CEL standard environment, built once: building it registers every function.
 static CEL_ENV: LazyLock<Arc<Env>> = LazyLock::new(|| Arc::new(Env::stdlib()));
@@ -200,6 +202,11 @@ impl TaskBase for Validate {
 
     fn description(&self) -> &'static str {
         "Checks answers: required, type, min/max, length, pattern, one_of, and CEL rules across fields"
+    }
+
+    /// A deleted submission has nothing left to check.
+    fn events(&self) -> Events {
+        Events::of(&[Event::Created, Event::Updated])
     }
 
     fn config_schema(&self) -> Value {

@@ -3,7 +3,9 @@
 //! Config: `{"url": "https://…", "secret": "whsec_<base64>"}`, optionally `"timeout": "10s"`.
 //!
 //! The body is `{"type": "submission.created", "timestamp": …, "data": {form_id,
-//! submission_id, answers, submitted_at, metadata}}`. Headers: `webhook-id` (the run id:
+//! submission_id, answers, submitted_at, metadata}}`; for an edit or a deletion (a binding
+//! taking those events) the type is `submission.updated` / `submission.deleted` and `data`
+//! also holds `event` and `revision`. Headers: `webhook-id` (the run id:
 //! the same on every attempt, so a receiver can drop repeats), `webhook-timestamp` (Unix
 //! seconds) and `webhook-signature` (`v1,` + base64 HMAC-SHA256 of `id.timestamp.body` keyed
 //! with the decoded secret).
@@ -132,7 +134,7 @@ impl TaskBase for Webhook {
         submission: &Submission,
     ) -> Result<Outcome, TaskError> {
         let body = json!({
-            "type": "submission.created",
+            "type": format!("submission.{}", submission.event),
             "timestamp": chrono::Utc::now().to_rfc3339(),
             "data": submission,
         })

@@ -207,6 +207,7 @@ fn run(config: &Parsed, answers: &Map<String, Value>) -> Outcome {
         run_id: Uuid::nil(),
         binding_id: Uuid::nil(),
         binding_name: String::new(),
+        events: Default::default(),
         attempt: 1,
         state: Arc::new(MemoryState::default()),
     };
@@ -216,6 +217,8 @@ fn run(config: &Parsed, answers: &Map<String, Value>) -> Outcome {
         answers: answers.clone(),
         submitted_at: DateTime::UNIX_EPOCH,
         metadata: Default::default(),
+        event: Default::default(),
+        revision: 0,
     };
     let validate = Validate::new();
     let mut future = pin!(validate.run(config, &context, &submission));

@@ -52,7 +52,8 @@ type Params = HashMap<String, String>;
 /// A Google Sheets v4 + Drive v3 + token endpoint on 127.0.0.1 (random port), for tests.
 ///
 /// Implemented: `spreadsheets.create`, `spreadsheets.get`, `spreadsheets.batchUpdate`
-/// (`addSheet` only), `spreadsheets.values.get`, `.update` and `.append`, Drive
+/// (`addSheet` and `deleteDimension` of rows), `spreadsheets.values.get`, `.update`,
+/// `.batchUpdate` and `.append`, Drive
 /// `permissions.create`, and the service-account token grant. Every Sheets/Drive call needs a
 /// bearer token this emulator issued; errors use Google's JSON shape
 /// `{"error":{"code","message","status"}}`.
@@ -1177,6 +1178,30 @@ struct ValueRangeBody {
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
+struct BatchValuesBody {
+    value_input_option: Option<String>,
+    #[serde(default)]
+    data: Vec<ValueRangeBody>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct DeleteDimensionBody {
+    range: DimensionRangeBody,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct DimensionRangeBody {
+    #[serde(default)]
+    sheet_id: i64,
+    dimension: Option<String>,
+    start_index: Option<usize>,
+    end_index: Option<usize>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
 struct PermissionBody {
     role: Option<String>,
     #[serde(rename = "type")]
@@ -1203,11 +1228,15 @@ enum Call<'a> {
     BatchUpdate { id: &'a str },
     GetValues { id: &'a str, range: &'a str },
     UpdateValues { id: &'a str, range: &'a str },
+    BatchUpdateValues { id: &'a str },
     AppendValues { id: &'a str, range: &'a str },
 }
 
 impl<'a> Call<'a> {
     fn parse(method: &Method, path: &'a str) -> Option<Self> {
+        if let (&Method::POST, Some(id)) = (method, path.strip_suffix("/values:batchUpdate")) {
+            return Some(Call::BatchUpdateValues { id });
+        }
         if let Some((id, range)) = path.split_once("/values/") {
             return match (method, range.strip_suffix(":append")) {
                 (&Method::POST, Some(range)) => Some(Call::AppendValues { id, range }),
@@ -1246,6 +1275,9 @@ async fn spreadsheet_call(
             &query,
             parse_body(&body)?,
         )?,
+        Call::BatchUpdateValues { id } => {
+            batch_update_values(state.spreadsheet_mut(id)?, parse_body(&body)?)?
+        }
         Call::AppendValues { id, range } => {
             let (reply, rows) = append_values(
                 state.spreadsheet_mut(id)?,
@@ -1282,7 +1314,73 @@ fn batch_update(
     Ok(json!({ "spreadsheetId": spreadsheet.id, "replies": replies }))
 }
 
-/// One `Request` of a batchUpdate; only `addSheet` is emulated.
+/// `spreadsheets.values.batchUpdate`: every range is written, or none.
+fn batch_update_values(
+    spreadsheet: &mut Spreadsheet,
+    body: BatchValuesBody,
+) -> Result<Value, GoogleError> {
+    let mut query = Params::new();
+    if let Some(option) = body.value_input_option {
+        query.insert("valueInputOption".into(), option);
+    }
+    require_input_option(&query)?;
+    let mut draft = spreadsheet.clone();
+    let mut responses = Vec::new();
+    for (index, range) in body.data.into_iter().enumerate() {
+        let name = range.range.clone().ok_or_else(|| {
+            GoogleError::invalid_argument(format!("Invalid data[{index}]: No range specified."))
+        })?;
+        let (target, values) = draft.value_range(&name, range)?;
+        let tab = &mut draft.tabs[target.tab];
+        let written = tab.write(target.block.top, target.block.left, &values);
+        responses.push(written.to_json(&draft.id, &tab.title));
+    }
+    *spreadsheet = draft;
+    Ok(json!({
+        "spreadsheetId": spreadsheet.id,
+        "totalUpdatedRows": responses.iter().filter_map(|r| r["updatedRows"].as_u64()).sum::<u64>(),
+        "responses": responses,
+    }))
+}
+
+/// A batchUpdate's `deleteDimension` of rows: removes them, moving the rows below up.
+fn delete_rows(
+    spreadsheet: &mut Spreadsheet,
+    value: &Value,
+    invalid: impl Fn(&str) -> GoogleError,
+) -> Result<Value, GoogleError> {
+    let body: DeleteDimensionBody = serde_json::from_value(value.clone())
+        .map_err(|err| invalid(&format!("Invalid JSON payload received. {err}")))?;
+    let range = body.range;
+    if range.dimension.as_deref() != Some("ROWS") {
+        return Err(invalid("the emulator deletes ROWS only."));
+    }
+    let tab = spreadsheet
+        .tabs
+        .iter_mut()
+        .find(|tab| tab.sheet_id == range.sheet_id)
+        .ok_or_else(|| invalid(&format!("No grid with id: {}", range.sheet_id)))?;
+    let (start, end) = (
+        range.start_index.unwrap_or(0),
+        range.end_index.unwrap_or(tab.rows),
+    );
+    if start >= end || end > tab.rows {
+        return Err(invalid(&format!(
+            "Invalid range: rows {start} to {end} of a sheet with {} rows.",
+            tab.rows
+        )));
+    }
+    if end - start >= tab.rows {
+        return Err(invalid("You can't delete all the rows on the sheet."));
+    }
+    if start < tab.cells.len() {
+        tab.cells.drain(start..end.min(tab.cells.len()));
+    }
+    tab.rows -= end - start;
+    Ok(json!({}))
+}
+
+/// One `Request` of a batchUpdate; `addSheet` and `deleteDimension` are emulated.
 fn apply_request(
     spreadsheet: &mut Spreadsheet,
     index: usize,
@@ -1299,6 +1397,9 @@ fn apply_request(
         (Some(_), Some(_)) => return Err(invalid("", "oneof field 'kind' is already set.")),
     };
     let at = format!(".{kind}");
+    if kind == "deleteDimension" {
+        return delete_rows(spreadsheet, value, |reason| invalid(&at, reason));
+    }
     if kind != "addSheet" {
         return Err(invalid(&at, "unsupported by the emulator."));
     }

@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use chrono::Utc;
 use postsub_tasks::{
-    ConfigError, MemoryState, Outcome, RunContext, Submission, TaskBase, TaskError,
+    ConfigError, Event, Events, MemoryState, Outcome, RunContext, Submission, TaskBase, TaskError,
 };
 use serde_json::Value;
 use uuid::Uuid;
@@ -24,6 +24,7 @@ pub struct TaskHarness<T: TaskBase> {
     config: T::Config,
     binding_id: Uuid,
     form_id: Uuid,
+    events: Events,
     state: Arc<MemoryState>,
 }
 
@@ -36,8 +37,15 @@ impl<T: TaskBase> TaskHarness<T> {
             config,
             binding_id: Uuid::new_v4(),
             form_id: Uuid::new_v4(),
+            events: Events::CREATED,
             state: Arc::default(),
         })
+    }
+
+    /// The binding takes these events (`created` only unless set), as its `events` option.
+    pub fn with_events(mut self, events: Events) -> Self {
+        self.events = events;
+        self
     }
 
     /// A new submission of the binding's form with `answers` (a JSON object).
@@ -51,6 +59,28 @@ impl<T: TaskBase> TaskHarness<T> {
             answers,
             submitted_at: Utc::now(),
             metadata: Default::default(),
+            event: Event::Created,
+            revision: 0,
+        }
+    }
+
+    /// `submission` as a later `event` of revision `revision` reports it, with `answers`
+    /// (its new ones for an edit, its last ones for a deletion).
+    pub fn change(
+        &self,
+        submission: &Submission,
+        event: Event,
+        revision: u64,
+        answers: Value,
+    ) -> Submission {
+        let Value::Object(answers) = answers else {
+            panic!("answers must be a JSON object");
+        };
+        Submission {
+            answers,
+            event,
+            revision,
+            ..submission.clone()
         }
     }
 
@@ -71,14 +101,20 @@ impl<T: TaskBase> TaskHarness<T> {
             binding_id: self.binding_id,
             binding_name: "harness".into(),
             attempt,
+            events: self.events,
             state: self.state.clone(),
         };
         self.task.run(&self.config, &context, submission).await
     }
 
-    /// The run id of `submission`'s run: fixed per binding and submission, as in postsub.
+    /// The run id of `submission`'s run: fixed per binding, submission, event and revision,
+    /// as in postsub.
     pub fn run_id(&self, submission: &Submission) -> Uuid {
-        Uuid::new_v5(&self.binding_id, submission.submission_id.as_bytes())
+        let name = format!(
+            "{}/{}/{}",
+            submission.submission_id, submission.event, submission.revision
+        );
+        Uuid::new_v5(&self.binding_id, name.as_bytes())
     }
 
     /// The binding's task state.

@@ -12,10 +12,10 @@
 //! The seam is an enum rather than a trait object: there are two backends, both known here,
 //! and an enum needs neither boxing nor `async_trait`.
 
-/// The reads both backends make with the same SQL (SQLite takes PostgreSQL's `$1`
-/// placeholders too), as methods of `$store`, whose field `pool` they read from: expanded
-/// in each backend's module.
-macro_rules! shared_reads {
+/// The statements both backends make with the same SQL (SQLite takes PostgreSQL's `$1`
+/// placeholders too), as methods of `$store`, whose field `pool` they use: expanded in
+/// each backend's module.
+macro_rules! shared_sql {
     ($store:ty) => {
         impl $store {
             /// See [`super::Store::get_form`].
@@ -43,7 +43,8 @@ macro_rules! shared_reads {
                 limit: i64,
             ) -> sqlx::Result<Vec<Submission>> {
                 sqlx::query_as(
-                    "SELECT id, form_id, answers, created_at FROM submissions WHERE form_id = $1
+                    "SELECT id, form_id, answers, created_at, revision FROM submissions
+                     WHERE form_id = $1
                      AND ($2 IS NULL OR created_at >= $2) AND ($3 IS NULL OR created_at < $3)
                      AND ($4 IS NULL OR (created_at, id) > ($4, $5))
                      ORDER BY created_at, id LIMIT $6",
@@ -57,10 +58,45 @@ macro_rules! shared_reads {
                 .fetch_all(&self.pool)
                 .await
             }
+
+            /// See [`super::Store::replace_answers`].
+            pub async fn replace_answers(
+                &self,
+                form_id: Uuid,
+                id: Uuid,
+                answers: &crate::forms::Answers,
+            ) -> sqlx::Result<Option<Submission>> {
+                sqlx::query_as(
+                    "UPDATE submissions SET answers = $3, revision = revision + 1
+                     WHERE form_id = $1 AND id = $2
+                     RETURNING id, form_id, answers, created_at, revision",
+                )
+                .bind(form_id)
+                .bind(id)
+                .bind(sqlx::types::Json(answers))
+                .fetch_optional(&self.pool)
+                .await
+            }
+
+            /// See [`super::Store::delete_submission`].
+            pub async fn delete_submission(
+                &self,
+                form_id: Uuid,
+                id: Uuid,
+            ) -> sqlx::Result<Option<Submission>> {
+                sqlx::query_as(
+                    "DELETE FROM submissions WHERE form_id = $1 AND id = $2
+                     RETURNING id, form_id, answers, created_at, revision + 1 AS revision",
+                )
+                .bind(form_id)
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await
+            }
         }
     };
 }
-use shared_reads;
+use shared_sql;
 
 pub mod postgres;
 pub mod sqlite;
@@ -154,6 +190,34 @@ impl Store {
         match self {
             Self::Postgres(store) => store.insert_submission(form_id, answers).await,
             Self::Sqlite(store) => store.insert_submission(form_id, answers).await,
+        }
+    }
+
+    /// Replaces the answers of submission `id` of `form_id`, one revision up; `None` if the
+    /// form has no such submission.
+    pub async fn replace_answers(
+        &self,
+        form_id: Uuid,
+        id: Uuid,
+        answers: &Answers,
+    ) -> sqlx::Result<Option<Submission>> {
+        match self {
+            Self::Postgres(store) => store.replace_answers(form_id, id, answers).await,
+            Self::Sqlite(store) => store.replace_answers(form_id, id, answers).await,
+        }
+    }
+
+    /// Deletes submission `id` of `form_id` and returns it as it was, its revision one up
+    /// (the deletion is newer than its last edit); `None` if the form has no such
+    /// submission.
+    pub async fn delete_submission(
+        &self,
+        form_id: Uuid,
+        id: Uuid,
+    ) -> sqlx::Result<Option<Submission>> {
+        match self {
+            Self::Postgres(store) => store.delete_submission(form_id, id).await,
+            Self::Sqlite(store) => store.delete_submission(form_id, id).await,
         }
     }
 

@@ -12,7 +12,7 @@ use crate::{
     settings::DatabaseUrl,
 };
 
-super::shared_reads!(PostgresStore);
+super::shared_sql!(PostgresStore);
 
 /// A time bound into a query: PostgreSQL takes it as it is.
 fn db_time(at: chrono::DateTime<chrono::Utc>) -> chrono::DateTime<chrono::Utc> {
@@ -91,7 +91,7 @@ impl PostgresStore {
         sqlx::query_as(
             "INSERT INTO submissions (id, form_id, answers)
              SELECT $1, id, $3 FROM forms WHERE id = $2
-             RETURNING id, form_id, answers, created_at",
+             RETURNING id, form_id, answers, created_at, revision",
         )
         .bind(Uuid::new_v4())
         .bind(form_id)

@@ -26,7 +26,7 @@ use crate::forms::{Answers, Form, NewForm, Submission};
 /// How long a statement waits for another connection's write lock.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
-super::shared_reads!(SqliteStore);
+super::shared_sql!(SqliteStore);
 
 /// A pool on the forms database file.
 #[derive(Debug, Clone)]
@@ -114,7 +114,7 @@ impl SqliteStore {
         sqlx::query_as(
             "INSERT INTO submissions (id, form_id, answers, created_at)
              SELECT ?1, id, ?3, ?4 FROM forms WHERE id = ?2
-             RETURNING id, form_id, answers, created_at",
+             RETURNING id, form_id, answers, created_at, revision",
         )
         .bind(Uuid::new_v4())
         .bind(form_id)

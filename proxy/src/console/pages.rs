@@ -433,6 +433,7 @@ impl RunsQuery {
             flag: non_empty(&self.flag),
             flag_field: None,
             flag_rule: None,
+            event: None,
             error_contains: non_empty(&self.error),
             after_key: parse_page_token(self.after.trim())
                 .map_err(|_| PageError::bad_request("after: not a page key this console made"))?,

@@ -20,7 +20,7 @@ use std::collections::HashSet;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use postsub_tasks::{Flag, Mode, TaskState};
+use postsub_tasks::{Event, Flag, Mode, TaskState};
 use serde_json::Value;
 use sqlx::types::Json;
 use uuid::Uuid;
@@ -137,6 +137,8 @@ pub struct RunFilter {
     pub flag_rule: Option<String>,
     /// Runs whose error contains this text, ignoring ASCII case.
     pub error_contains: Option<String>,
+    /// Runs for this submission event.
+    pub event: Option<Event>,
     /// Runs strictly older than this `(created_at, run_id)`: where the previous page ended.
     pub after_key: Option<(DateTime<Utc>, Uuid)>,
 }
@@ -417,10 +419,11 @@ pub(crate) enum Take {
 }
 
 /// The statement that takes a run, the same on both backends but for the clock: `now` is
-/// the SQL for the current time (`now()` on PostgreSQL, a bound `$11` on SQLite). Binds $1–$7
+/// the SQL for the current time (`now()` on PostgreSQL, a bound `$11` on SQLite), `event`
+/// the parameter of the run's event (`$11` on PostgreSQL, `$12` on SQLite). Binds $1–$7
 /// the run's columns up to `created_at`, $8 whether the job was redelivered, $9 the job
 /// (stored as the run's input when it has none yet), $10 the error; returns the attempts.
-pub(crate) fn take_run_sql(take: Take, now: &str) -> String {
+pub(crate) fn take_run_sql(take: Take, now: &str, event: &str) -> String {
     let (status, attempts, time_column, update) = match take {
         Take::Claim => (
             "running",
@@ -434,8 +437,9 @@ pub(crate) fn take_run_sql(take: Take, now: &str) -> String {
     // redelivered job finds it `running`).
     format!(
         "INSERT INTO task_runs (run_id, binding_id, form_id, submission_id, kind, mode, status,
-            attempts, created_at, {time_column}, input, error, updated_at)
-         VALUES ($1, $2, $3, $4, $5, $6, '{status}', {attempts}, $7, {now}, $9, $10, {now})
+            attempts, created_at, {time_column}, input, error, updated_at, event)
+         VALUES ($1, $2, $3, $4, $5, $6, '{status}', {attempts}, $7, {now}, $9, $10, {now},
+            {event})
          ON CONFLICT (run_id) DO UPDATE SET status = '{status}', {update}, error = $10,
             input = coalesce(task_runs.input, excluded.input), updated_at = {now}
          WHERE task_runs.status = 'queued' OR (task_runs.status = 'running' AND $8)
@@ -826,6 +830,7 @@ struct RunRow {
     form_id: Uuid,
     submission_id: Uuid,
     kind: String,
+    event: String,
     mode: String,
     status: String,
     attempts: i32,
@@ -846,6 +851,8 @@ impl From<RunRow> for Run {
             form_id: row.form_id,
             submission_id: row.submission_id,
             kind: row.kind,
+            // The column's CHECK constraint allows only the three events.
+            event: row.event.parse().unwrap_or_default(),
             mode: mode_from_column(&row.mode),
             status: row.status.parse().unwrap_or(RunStatus::Failed),
             attempts: row.attempts,
@@ -860,8 +867,8 @@ impl From<RunRow> for Run {
     }
 }
 
-const RUN_COLUMNS: &str = "run_id, binding_id, form_id, submission_id, kind, mode, status, \
-    attempts, output, flags, error, created_at, started_at, finished_at, updated_at";
+const RUN_COLUMNS: &str = "run_id, binding_id, form_id, submission_id, kind, event, mode, \
+    status, attempts, output, flags, error, created_at, started_at, finished_at, updated_at";
 
 #[derive(sqlx::FromRow)]
 struct AttemptRow {
@@ -974,6 +981,9 @@ where
     }
     if let Some(kind) = &filter.kind {
         query.push(" AND kind = ").push_bind(kind.clone());
+    }
+    if let Some(event) = filter.event {
+        query.push(" AND event = ").push_bind(event.as_str());
     }
     if filter.flag.is_some() || filter.flag_field.is_some() || filter.flag_rule.is_some() {
         // `flags <> '[]'` lets the partial index of flagged runs serve; one flag must

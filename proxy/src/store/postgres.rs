@@ -143,19 +143,19 @@ impl ChangeFeed for Listener {
 }
 
 /// The statements that take a run, built once.
-static CLAIM_SQL: LazyLock<String> = LazyLock::new(|| take_run_sql(Take::Claim, "now()"));
-static EXPIRE_SQL: LazyLock<String> = LazyLock::new(|| take_run_sql(Take::Expire, "now()"));
+static CLAIM_SQL: LazyLock<String> = LazyLock::new(|| take_run_sql(Take::Claim, "now()", "$11"));
+static EXPIRE_SQL: LazyLock<String> = LazyLock::new(|| take_run_sql(Take::Expire, "now()", "$11"));
 
 /// [`CLAIM_SQL`] for many runs of first deliveries at once (a first delivery never takes
 /// over a `running` run), from column arrays; returns the runs it took.
 const CLAIM_MANY_SQL: &str = "
     INSERT INTO task_runs (run_id, binding_id, form_id, submission_id, kind, mode, status,
-        attempts, created_at, started_at, input, updated_at)
+        attempts, created_at, started_at, input, updated_at, event)
     SELECT run_id, binding_id, form_id, submission_id, kind, mode, 'running', 1, created_at,
-        now(), input, now()
+        now(), input, now(), event
     FROM UNNEST($1::uuid[], $2::uuid[], $3::uuid[], $4::uuid[], $5::text[], $6::text[],
-        $7::timestamptz[], $8::jsonb[])
-        AS c(run_id, binding_id, form_id, submission_id, kind, mode, created_at, input)
+        $7::timestamptz[], $8::jsonb[], $9::text[])
+        AS c(run_id, binding_id, form_id, submission_id, kind, mode, created_at, input, event)
     ON CONFLICT (run_id) DO UPDATE SET status = 'running', attempts = task_runs.attempts + 1,
         started_at = now(), finished_at = NULL, error = NULL,
         input = coalesce(task_runs.input, excluded.input), updated_at = now()
@@ -183,6 +183,7 @@ impl PgStore {
             .bind(redelivered)
             .bind(Json(job))
             .bind(error)
+            .bind(run.event.as_str())
             .fetch_optional(&self.pool)
             .await?)
     }
@@ -199,21 +200,23 @@ fn history_sql(with_attempts: bool) -> String {
     const COLUMNS: &str = "run_id, binding_id, form_id, submission_id, kind, mode, status,
         attempts, output, flags, error, created_at, started_at, finished_at";
     const VALUES: &str = "run_id, binding_id, form_id, submission_id, kind, mode, status,
-        attempts, output::jsonb, flags::jsonb, error, created_at, started_at, finished_at";
+        attempts, output::jsonb, flags::jsonb, error, created_at, started_at, finished_at,
+        event";
     let runs = format!(
         "WITH r AS (
             SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::uuid[], $4::uuid[], $5::text[],
                 $6::text[], $7::text[], $8::int4[], $9::text[], $10::text[], $11::text[],
-                $12::timestamptz[], $13::timestamptz[], $14::timestamptz[], $15::bool[])
-            AS r({COLUMNS}, overwrite)
+                $12::timestamptz[], $13::timestamptz[], $14::timestamptz[], $15::bool[],
+                $16::text[])
+            AS r({COLUMNS}, overwrite, event)
          ),
          inserted AS (
-            INSERT INTO task_runs ({COLUMNS}) SELECT {VALUES} FROM r WHERE NOT overwrite
+            INSERT INTO task_runs ({COLUMNS}, event) SELECT {VALUES} FROM r WHERE NOT overwrite
             ON CONFLICT (run_id) DO NOTHING
          )"
     );
     let upsert = format!(
-        "INSERT INTO task_runs ({COLUMNS}) SELECT {VALUES} FROM r WHERE overwrite
+        "INSERT INTO task_runs ({COLUMNS}, event) SELECT {VALUES} FROM r WHERE overwrite
          ON CONFLICT (run_id) DO UPDATE SET status = EXCLUDED.status,
             attempts = GREATEST(task_runs.attempts, EXCLUDED.attempts),
             output = EXCLUDED.output, flags = EXCLUDED.flags, error = EXCLUDED.error,
@@ -227,8 +230,8 @@ fn history_sql(with_attempts: bool) -> String {
         "{runs},
          upserted AS ({upsert})
          INSERT INTO task_attempts (run_id, attempt, status, error, started_at, finished_at)
-         SELECT * FROM UNNEST($16::uuid[], $17::int4[], $18::text[], $19::text[],
-            $20::timestamptz[], $21::timestamptz[])
+         SELECT * FROM UNNEST($17::uuid[], $18::int4[], $19::text[], $20::text[],
+            $21::timestamptz[], $22::timestamptz[])
          ON CONFLICT (run_id, attempt) DO NOTHING"
     )
 }
@@ -404,7 +407,8 @@ impl Store for PgStore {
                 runs.iter()
                     .map(|(_, write)| *write == RunWrite::Upsert)
                     .collect::<Vec<_>>(),
-            );
+            )
+            .bind(all().map(|r| r.event.as_str()).collect::<Vec<_>>());
         if with_attempts {
             query = query
                 .bind(attempts.iter().map(|a| a.run_id).collect::<Vec<_>>())
@@ -453,6 +457,7 @@ impl Store for PgStore {
             .bind(runs().map(|r| r.mode.as_str()).collect::<Vec<_>>())
             .bind(runs().map(|r| r.created_at).collect::<Vec<_>>())
             .bind(sorted.iter().map(|(_, job)| Json(job)).collect::<Vec<_>>())
+            .bind(runs().map(|r| r.event.as_str()).collect::<Vec<_>>())
             .fetch_all(&self.pool)
             .await?
             .into_iter()
@@ -572,7 +577,7 @@ fn unavailable(err: sqlx::Error) -> StateError {
     StateError(err.to_string())
 }
 
-/// Task state in `task_state`: first writer wins, by primary key.
+/// Task state in `task_state`, by primary key.
 #[async_trait]
 impl TaskState for PgStore {
     async fn get(&self, binding_id: Uuid, key: &str) -> Result<Option<Value>, StateError> {
@@ -600,5 +605,19 @@ impl TaskState for PgStore {
         .await
         .map_err(unavailable)?;
         Ok(stored.0)
+    }
+
+    async fn put(&self, binding_id: Uuid, key: &str, value: Value) -> Result<(), StateError> {
+        sqlx::query(
+            "INSERT INTO task_state (binding_id, key, value) VALUES ($1, $2, $3)
+             ON CONFLICT (binding_id, key) DO UPDATE SET value = excluded.value",
+        )
+        .bind(binding_id)
+        .bind(key)
+        .bind(Json(value))
+        .execute(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        Ok(())
     }
 }

@@ -404,6 +404,7 @@ pub fn process(form_id: Uuid, answers: Value) -> pb::ProcessRequest {
         answers: Some(object(answers)),
         submitted_at: None,
         metadata: Default::default(),
+        ..Default::default()
     }
 }
 

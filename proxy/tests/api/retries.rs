@@ -436,6 +436,7 @@ async fn binding_options_are_checked_shown_and_updated_field_by_field(backend: B
             timeout: "10s".into(),
             delay: "1h".into(),
             expires_after: String::new(),
+            events: "created".into(),
         }
     );
 

@@ -39,6 +39,8 @@ fn job(binding: Uuid) -> (Run, Job) {
         answers: json!({"n": 1}).as_object().cloned().unwrap(),
         submitted_at: Utc::now(),
         metadata: Default::default(),
+        event: Default::default(),
+        revision: 0,
     };
     let run = Run::queued(binding, "webhook", Mode::Async, &submission, Utc::now());
     let job = Job {

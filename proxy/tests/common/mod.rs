@@ -85,6 +85,7 @@ pub fn process_request(form: Uuid, answers: Value) -> pb::ProcessRequest {
         answers: Some(object(answers)),
         submitted_at: None,
         metadata: Default::default(),
+        ..Default::default()
     }
 }
 

@@ -5,7 +5,8 @@
 //! {"spreadsheet_id": "1AbC…", "title": "Budget responses", "sheet": "Responses",
 //!  "share_with": ["ops@example.org"], "columns": ["email", "age"],
 //!  "labels": {"email": "E-mail"}, "credentials_file": "/etc/postsub/sa.json",
-//!  "max_writes_per_minute": 50, "batch_rows": 500, "batch_wait": "200ms"}
+//!  "max_writes_per_minute": 50, "batch_rows": 500, "batch_wait": "200ms",
+//!  "on_delete": "delete"}
 //! ```
 //! Without `spreadsheet_id`, the first run creates a spreadsheet named `title` (default
 //! "postsub form <form id>"), shares it with `share_with` (Drive permissions, as writer),
@@ -20,6 +21,14 @@
 //! Exactly one row per submission: a first attempt appends; any later attempt (a retry, or a
 //! redelivery after a worker died between the append and the ack) first looks the
 //! submission id up in column A and appends only if it is not there.
+//!
+//! Edits and deletions (a binding whose `events` take `updated` / `deleted`): an edit
+//! rewrites the submission's row in place, found by its id in column A, or appends it when
+//! absent; a deletion removes the row, or with `"on_delete": "mark"` writes the time into a
+//! `deleted_at` column. The binding's task state keeps the newest revision written of each
+//! edited submission, so an older edit arriving after a newer one (or after the deletion),
+//! and a creation arriving after an edit, change nothing: their runs succeed with
+//! `"action": "superseded"`.
 
 mod client;
 mod rows;
@@ -42,9 +51,9 @@ use tokio::sync::{OnceCell, mpsc, oneshot};
 
 pub use client::Endpoints;
 use client::{Google, RetryAfter, task_error};
-use writer::{PendingRow, SheetTarget, WriterSettings};
+use writer::{Change, PendingRow, Revisions, SheetTarget, WriterSettings};
 
-use crate::{ConfigError, Mode, Outcome, RunContext, Submission, TaskBase, TaskError};
+use crate::{ConfigError, Event, Mode, Outcome, RunContext, Submission, TaskBase, TaskError};
 
 /// State key of the spreadsheet a binding created.
 const SPREADSHEET_KEY: &str = "spreadsheet_id";
@@ -149,6 +158,19 @@ struct ConfigSpec {
     batch_rows: Option<usize>,
     /// How long a row waits for others to share its write, like `200ms` (default).
     batch_wait: Option<String>,
+    /// What a deleted submission does to its row (a binding taking `deleted`): `delete` it
+    /// (default) or `mark` it, writing the time into a `deleted_at` column.
+    #[serde(default)]
+    on_delete: OnDelete,
+}
+
+/// See [`ConfigSpec::on_delete`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+enum OnDelete {
+    #[default]
+    Delete,
+    Mark,
 }
 
 /// A parsed `google_sheets` config, with the spreadsheet it resolved to once known.
@@ -163,6 +185,7 @@ pub struct SheetsConfig {
     max_writes_per_minute: u32,
     batch_rows: usize,
     batch_wait: Duration,
+    on_delete: OnDelete,
     /// The spreadsheet id, once found, made or checked (per config version, so an updated
     /// binding resolves again).
     resolved: OnceCell<String>,
@@ -177,7 +200,7 @@ impl TaskBase for GoogleSheets {
     }
 
     fn description(&self) -> &'static str {
-        "Appends each submission as a row of a Google Sheet (created and shared on first use)"
+        "Appends each submission as a row of a Google Sheet (created and shared on first use); rewrites or removes it on edits and deletes"
     }
 
     fn modes(&self) -> &'static [Mode] {
@@ -252,6 +275,7 @@ impl TaskBase for GoogleSheets {
             max_writes_per_minute,
             batch_rows,
             batch_wait,
+            on_delete: spec.on_delete,
             resolved: OnceCell::new(),
         })
     }
@@ -282,11 +306,23 @@ impl TaskBase for GoogleSheets {
             sheet: config.sheet.clone(),
         };
         let (reply, answer) = oneshot::channel();
+        let change = match (submission.event, config.on_delete) {
+            (Event::Created, _) => Change::Append,
+            (Event::Updated, _) => Change::Rewrite,
+            (Event::Deleted, OnDelete::Delete) => Change::Delete,
+            (Event::Deleted, OnDelete::Mark) => Change::Mark,
+        };
         let row = PendingRow {
             submission_id: submission.submission_id.to_string(),
             submitted_at: submission.submitted_at.to_rfc3339(),
             answers: submission.answers.clone(),
+            change,
             check_existing: context.attempt > 1,
+            revisions: context.events.follows_edits().then(|| Revisions {
+                state: context.state.clone(),
+                binding_id: context.binding_id,
+                revision: submission.revision,
+            }),
             reply,
         };
         self.writer(&google, target, config)
@@ -300,8 +336,9 @@ impl TaskBase for GoogleSheets {
             output: json!({
                 "spreadsheet_id": spreadsheet_id,
                 "sheet": config.sheet,
+                "action": written.action.as_str(),
                 "rows_in_call": written.rows_in_call,
-                "already_present": written.already_present,
+                "already_present": written.action == writer::Action::AlreadyPresent,
             }),
             flags: Vec::new(),
         })

@@ -6,6 +6,10 @@ use serde_json::{Map, Value};
 /// Columns every row starts with, before the answers.
 pub const FIXED_COLUMNS: [&str; 2] = ["submission_id", "submitted_at"];
 
+/// The column a binding with `on_delete: "mark"` writes a deletion's time into; added at the
+/// end on the first such deletion. An answer of this key does not show in the sheet.
+pub const DELETED_AT: &str = "deleted_at";
+
 /// The sheet's columns, in order: [`FIXED_COLUMNS`], then answer keys. Columns are only
 /// ever added at the end, so rows written earlier keep their meaning.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -73,6 +77,11 @@ impl Header {
         self.extend(new)
     }
 
+    /// The (0-based) column of `key`, if it is one.
+    pub fn position(&self, key: &str) -> Option<usize> {
+        self.keys.iter().position(|k| k == key)
+    }
+
     /// Whether any of `answers` has a key that is not a column yet.
     pub fn lacks_any<'a>(&self, answers: impl IntoIterator<Item = &'a Map<String, Value>>) -> bool {
         answers
@@ -106,10 +115,25 @@ impl Header {
             .map(|key| match key.as_str() {
                 "submission_id" => Value::String(submission_id.to_owned()),
                 "submitted_at" => Value::String(submitted_at.to_owned()),
+                // A row written is not deleted (a rewrite clears an earlier mark).
+                DELETED_AT => Value::String(String::new()),
                 _ => cell(answers.get(key)),
             })
             .collect()
     }
+}
+
+/// The A1 letters of a (0-based) column: A, …, Z, AA, AB, ….
+pub fn column_letters(index: usize) -> String {
+    let mut letters = Vec::new();
+    let mut n = index + 1;
+    while n > 0 {
+        let rest = (n - 1) % 26;
+        letters.push(b'A' + rest as u8);
+        n = (n - 1) / 26;
+    }
+    letters.reverse();
+    String::from_utf8(letters).expect("ASCII letters")
 }
 
 /// A cell keeps the answer's type: numbers stay numbers and booleans booleans; lists and
@@ -169,6 +193,18 @@ mod tests {
                 json!(""),
                 json!("x")
             ]
+        );
+    }
+
+    #[test]
+    fn column_letters_count_like_a1() {
+        let letters: Vec<String> = [0, 1, 25, 26, 27, 51, 52, 701, 702]
+            .into_iter()
+            .map(column_letters)
+            .collect();
+        assert_eq!(
+            letters,
+            ["A", "B", "Z", "AA", "AB", "AZ", "BA", "ZZ", "AAA"]
         );
     }
 

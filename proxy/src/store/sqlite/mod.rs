@@ -300,8 +300,8 @@ pub(crate) fn uuid_list(ids: &[Uuid]) -> String {
 }
 
 /// The statements that take a run, built once.
-static CLAIM_SQL: LazyLock<String> = LazyLock::new(|| take_run_sql(Take::Claim, "$11"));
-static EXPIRE_SQL: LazyLock<String> = LazyLock::new(|| take_run_sql(Take::Expire, "$11"));
+static CLAIM_SQL: LazyLock<String> = LazyLock::new(|| take_run_sql(Take::Claim, "$11", "$12"));
+static EXPIRE_SQL: LazyLock<String> = LazyLock::new(|| take_run_sql(Take::Expire, "$11", "$12"));
 
 impl SqliteStore {
     /// Runs one of the statements that take a run, with their shared parameters.
@@ -331,6 +331,7 @@ impl SqliteStore {
                         .bind(input)
                         .bind(error)
                         .bind(now)
+                        .bind(run.event.as_str())
                         .fetch_optional(connection)
                         .await
                 })
@@ -687,7 +688,7 @@ fn unavailable(err: StoreError) -> StateError {
     StateError(err.to_string())
 }
 
-/// Task state in `task_state`: first writer wins, by primary key.
+/// Task state in `task_state`, by primary key.
 #[async_trait]
 impl TaskState for SqliteStore {
     async fn get(&self, binding_id: Uuid, key: &str) -> Result<Option<Value>, StateError> {
@@ -727,6 +728,31 @@ impl TaskState for SqliteStore {
             .await
             .map_err(unavailable)?;
         Ok(stored.0)
+    }
+
+    async fn put(&self, binding_id: Uuid, key: &str, value: Value) -> Result<(), StateError> {
+        let key = key.to_owned();
+        let now = sql_time(Utc::now());
+        self.db
+            .writer
+            .write(move |connection| {
+                Box::pin(async move {
+                    sqlx::query(
+                        "INSERT INTO task_state (binding_id, key, value, created_at)
+                         VALUES (?1, ?2, ?3, ?4)
+                         ON CONFLICT (binding_id, key) DO UPDATE SET value = excluded.value",
+                    )
+                    .bind(binding_id)
+                    .bind(key)
+                    .bind(Json(value))
+                    .bind(now)
+                    .execute(connection)
+                    .await
+                    .map(drop)
+                })
+            })
+            .await
+            .map_err(unavailable)
     }
 }
 

@@ -59,6 +59,7 @@ impl Rows {
             "form_id": run.form_id.simple().to_string(),
             "submission_id": run.submission_id.simple().to_string(),
             "kind": run.kind,
+            "event": run.event.as_str(),
             "mode": run.mode.as_str(),
             "status": run.status.as_str(),
             "attempts": run.attempts,
@@ -130,14 +131,14 @@ impl Rows {
 }
 
 const RUN_COLUMNS: &str = "run_id, binding_id, form_id, submission_id, kind, mode, status,
-    attempts, output, flags, error, created_at, started_at, finished_at, updated_at";
+    attempts, output, flags, error, created_at, started_at, finished_at, updated_at, event";
 
 /// The values of a run row of `jsonb_each`, `?6` being now.
 const RUN_VALUES: &str = "unhex(value ->> 'run_id'), unhex(value ->> 'binding_id'),
     unhex(value ->> 'form_id'), unhex(value ->> 'submission_id'), value ->> 'kind',
     value ->> 'mode', value ->> 'status', value ->> 'attempts', value ->> 'output',
     value ->> 'flags', value ->> 'error', value ->> 'created_at', value ->> 'started_at',
-    value ->> 'finished_at', ?6";
+    value ->> 'finished_at', ?6, value ->> 'event'";
 
 /// Names every parameter in each statement. sqlx binds the `?NNN` parameters of a
 /// statement by number only as long as the statement names every number up to its

@@ -1,0 +1,7 @@
+-- The submission event a run is for (Process's `event`): runs of earlier releases were all
+-- for a creation.
+ALTER TABLE task_runs ADD COLUMN event TEXT NOT NULL DEFAULT 'created'
+    CHECK (event IN ('created', 'updated', 'deleted'));
+-- `runs list --event updated|deleted`: a partial index, so the runs of creations (most)
+-- cost an insert nothing more.
+CREATE INDEX task_runs_edits ON task_runs (event, created_at DESC) WHERE event <> 'created';
