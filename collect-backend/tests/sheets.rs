@@ -5,56 +5,16 @@ mod common;
 
 use std::{collections::HashSet, time::Duration};
 
-use common::{Stack, eventually, spawn_stack};
+use common::{On, SheetsStack, eventually, spawn_with_sheets};
 use futures_util::future::join_all;
 use postsub::pb;
-use postsub_tasks::{
-    Registry,
-    google_sheets::{Endpoints, GoogleSheets},
-};
-use postsub_testkit::SheetsEmulator;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 const PATIENCE: Duration = Duration::from_secs(90);
 
-struct SheetsStack {
-    stack: Stack,
-    emulator: SheetsEmulator,
-    key_file: String,
-    _key_dir: TempDir,
-}
-
-/// A directory removed on drop.
-struct TempDir(std::path::PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 async fn spawn_with_emulator(flags: &[&str]) -> SheetsStack {
-    let emulator = SheetsEmulator::start().await;
-    let mut registry = Registry::with_builtins();
-    registry.replace(GoogleSheets::new(Endpoints {
-        sheets_base_url: emulator.sheets_base_url(),
-        drive_base_url: emulator.drive_base_url(),
-    }));
-    let stack = spawn_stack(registry, flags).await;
-    let dir =
-        std::env::temp_dir().join(format!("postsub-sheets-{}", uuid::Uuid::new_v4().simple()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let key_file = emulator
-        .write_service_account_key(&dir)
-        .display()
-        .to_string();
-    SheetsStack {
-        stack,
-        emulator,
-        key_file,
-        _key_dir: TempDir(dir),
-    }
+    spawn_with_sheets(On::Servers, flags).await
 }
 
 impl SheetsStack {

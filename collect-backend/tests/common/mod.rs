@@ -1,5 +1,6 @@
 //! The whole stack for end-to-end tests: `postsub dev` (proxy + worker) and the backend, each
-//! on port 0, on fresh databases and a fresh RabbitMQ vhost.
+//! on port 0, on fresh PostgreSQL databases and a fresh RabbitMQ queue prefix, or on fresh
+//! SQLite files (the embedded backend).
 #![allow(dead_code)] // each test binary uses its own part of this module
 
 use std::time::{Duration, Instant};
@@ -11,7 +12,7 @@ use postsub::{
 };
 use postsub_proxy::{app::DevStack, settings::DevSettings};
 use postsub_tasks::Registry;
-use postsub_testkit::{TestBroker, TestDatabase};
+use postsub_testkit::{SheetsEmulator, TestBroker, TestDatabase, sqlite::TestSqlite};
 use reqwest::StatusCode;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
@@ -21,20 +22,54 @@ pub struct Stack {
     pub grpc: String,
     pub http: reqwest::Client,
     pub postsub: DevStack,
-    _databases: (TestDatabase, TestDatabase),
-    _broker: TestBroker,
+    _resources: Resources,
 }
 
-/// Starts everything with `registry`'s task kinds; `flags` go to `postsub dev`.
+/// Which backends a stack runs on.
+#[derive(Debug, Clone, Copy)]
+pub enum On {
+    /// PostgreSQL and RabbitMQ (the demo backend on PostgreSQL too).
+    Servers,
+    /// postsub's embedded backend and the demo backend's SQLite, one file each.
+    Embedded,
+}
+
+/// What a stack's databases and queues live in, dropped with it.
+enum Resources {
+    Servers(TestDatabase, TestDatabase, TestBroker),
+    Embedded(TestSqlite, TestSqlite),
+}
+
+/// Starts everything on PostgreSQL and RabbitMQ with `registry`'s task kinds; `flags` go
+/// to `postsub dev`.
 pub async fn spawn_stack(registry: Registry, flags: &[&str]) -> Stack {
+    spawn_stack_on(On::Servers, registry, flags).await
+}
+
+/// Starts everything on `on` with `registry`'s task kinds; `flags` go to `postsub dev`.
+pub async fn spawn_stack_on(on: On, registry: Registry, flags: &[&str]) -> Stack {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let (postsub_db, collect_db) = (
-        TestDatabase::create("postsub").await,
-        TestDatabase::create("collect").await,
-    );
-    let broker = TestBroker::create();
-    let settings = DevSettings::isolated(&postsub_db.url, &broker.url, &broker.prefix, flags)
-        .expect("settings parse");
+    let resources = match on {
+        On::Servers => Resources::Servers(
+            TestDatabase::create("postsub").await,
+            TestDatabase::create("collect").await,
+            TestBroker::create(),
+        ),
+        On::Embedded => {
+            Resources::Embedded(TestSqlite::create("postsub"), TestSqlite::create("collect"))
+        }
+    };
+    let (settings, collect_url) = match &resources {
+        Resources::Servers(postsub_db, collect_db, broker) => (
+            DevSettings::isolated(&postsub_db.url, &broker.url, &broker.prefix, flags),
+            collect_db.url.clone(),
+        ),
+        Resources::Embedded(postsub_db, collect_db) => (
+            DevSettings::embedded(&postsub_db.url, flags),
+            collect_db.url.clone(),
+        ),
+    };
+    let settings = settings.expect("settings parse");
     let postsub = DevStack::start(&settings, registry, CancellationToken::new())
         .await
         .expect("postsub starts");
@@ -46,7 +81,7 @@ pub async fn spawn_stack(registry: Registry, flags: &[&str]) -> Stack {
         postsub_ca_cert: None,
         postsub_client_cert: None,
         postsub_client_key: None,
-        database_url: collect_db.url.clone().into(),
+        database_url: collect_url.into(),
         postsub_deadline_ms: 5000,
         max_body_bytes: 64 * 1024,
     })
@@ -59,8 +94,52 @@ pub async fn spawn_stack(registry: Registry, flags: &[&str]) -> Stack {
         grpc,
         http: reqwest::Client::new(),
         postsub,
-        _databases: (postsub_db, collect_db),
-        _broker: broker,
+        _resources: resources,
+    }
+}
+
+/// A stack whose `google_sheets` kind talks to a Sheets emulator, with the emulator's
+/// service-account key in a file.
+pub struct SheetsStack {
+    pub stack: Stack,
+    pub emulator: SheetsEmulator,
+    pub key_file: String,
+    _key_dir: TempDir,
+}
+
+/// A directory removed on drop.
+struct TempDir(std::path::PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Starts a stack on `on` whose `google_sheets` kind talks to a fresh emulator; the other
+/// kinds may call local addresses (the tests' receivers).
+pub async fn spawn_with_sheets(on: On, flags: &[&str]) -> SheetsStack {
+    let emulator = SheetsEmulator::start().await;
+    let mut registry = Registry::with_builtins_for(postsub_tasks::TargetPolicy::dev());
+    registry.replace(postsub_tasks::google_sheets::GoogleSheets::new(
+        postsub_tasks::google_sheets::Endpoints {
+            sheets_base_url: emulator.sheets_base_url(),
+            drive_base_url: emulator.drive_base_url(),
+        },
+    ));
+    let stack = spawn_stack_on(on, registry, flags).await;
+    let dir =
+        std::env::temp_dir().join(format!("postsub-sheets-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let key_file = emulator
+        .write_service_account_key(&dir)
+        .display()
+        .to_string();
+    SheetsStack {
+        stack,
+        emulator,
+        key_file,
+        _key_dir: TempDir(dir),
     }
 }
 
