@@ -136,6 +136,76 @@ async fn merges_the_reply_under_post_submission() {
     assert_eq!(Value::Object(answers), json!({"age": 200}));
 }
 
+/// The method says the event: a PUT and a PATCH are edits, a DELETE a deletion, each with
+/// the body's revision (a number, or an RFC 3339 time in microseconds) or else the layer's
+/// clock; a GET on the same route passes through without a call.
+#[tokio::test]
+async fn the_method_says_the_event_and_the_body_the_revision() {
+    use axum::routing::any;
+    use tower::ServiceExt as _;
+
+    let stand_in = StandIn::default();
+    let addr = start_stand_in(stand_in.clone()).await;
+    let layer = PostSubmissionLayer::connect_lazy(&format!("http://{addr}")).unwrap();
+    let call = |method: &str, body: Value| {
+        let app = axum::Router::new().route(
+            "/submission",
+            any(move || async move { (StatusCode::OK, axum::Json(body)) }).layer(layer.clone()),
+        );
+        let request = http::Request::builder()
+            .method(method)
+            .uri("/submission")
+            .body(axum::body::Body::empty())
+            .unwrap();
+        async move {
+            let response = app.oneshot(request).await.unwrap();
+            let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
+                .await
+                .unwrap();
+            serde_json::from_slice::<Value>(&bytes).unwrap()
+        }
+    };
+    let with = |revision: Value| {
+        let mut body = stored();
+        body["revision"] = revision;
+        body
+    };
+    let before = chrono::Utc::now().timestamp_micros() as u64;
+    call("POST", with(json!(1))).await;
+    call("PUT", with(json!(2))).await;
+    call("PATCH", with(json!("2026-12-03T10:00:00.000001Z"))).await;
+    call("DELETE", stored()).await;
+    let listed = call("GET", stored()).await;
+    assert!(listed.get("post_submission").is_none(), "{listed}");
+    let bad = call("PUT", with(json!(-3))).await;
+    assert_eq!(
+        bad["post_submission"]["error"],
+        "the submit response's `revision` is not a whole number ≥ 0"
+    );
+
+    let requests = stand_in.requests.lock().unwrap().clone();
+    let seen: Vec<(pb::SubmissionEvent, u64)> = requests
+        .iter()
+        .map(|request| (request.event(), request.revision))
+        .collect();
+    assert_eq!(
+        seen.len(),
+        4,
+        "GET and the bad revision made no call: {seen:?}"
+    );
+    assert_eq!(seen[0], (pb::SubmissionEvent::Created, 1));
+    assert_eq!(seen[1], (pb::SubmissionEvent::Updated, 2));
+    assert_eq!(
+        seen[2],
+        (pb::SubmissionEvent::Updated, 1_796_292_000_000_001)
+    );
+    assert_eq!(seen[3].0, pb::SubmissionEvent::Deleted);
+    assert!(
+        seen[3].1 >= before,
+        "no revision in the body: the layer's clock"
+    );
+}
+
 #[tokio::test]
 async fn failed_submissions_pass_through_without_a_call() {
     let stand_in = StandIn::default();

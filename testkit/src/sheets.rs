@@ -175,6 +175,22 @@ impl SheetsEmulator {
             .collect()
     }
 
+    /// The titles of a spreadsheet's tabs, in order.
+    ///
+    /// # Panics
+    /// If the spreadsheet does not exist.
+    pub fn tabs(&self, spreadsheet_id: &str) -> Vec<String> {
+        let state = self.lock();
+        let spreadsheet = state
+            .spreadsheet(spreadsheet_id)
+            .unwrap_or_else(|_| panic!("no spreadsheet {spreadsheet_id}"));
+        spreadsheet
+            .tabs
+            .iter()
+            .map(|tab| tab.title.clone())
+            .collect()
+    }
+
     /// The whole grid of a tab (matched case-insensitively, like Google) as stored: numbers and
     /// booleans keep their JSON type, cells never written read as `""`, trailing empty cells and
     /// rows are trimmed.
