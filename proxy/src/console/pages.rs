@@ -464,6 +464,8 @@ pub(super) struct RunRow {
     status: String,
     /// `flagged (2)` for a sync run whose flags the submit reported.
     verdict: String,
+    /// The submission event the run is for.
+    event: &'static str,
     kind: String,
     binding: String,
     submission_id: String,
@@ -485,6 +487,7 @@ fn run_row(run: &Run, bindings: &HashMap<Uuid, Binding>) -> RunRow {
         created: time(&run.created_at),
         status: run.status.as_str().to_owned(),
         verdict: verdict(run),
+        event: run.event.as_str(),
         kind: run.kind.clone(),
         binding: binding_name(bindings, run.binding_id),
         submission_id: run.submission_id.to_string(),

@@ -1,6 +1,6 @@
 //! Queries of the run history by time and by result: `ListRuns`' time range and flag
-//! filters, `RunStats`, and the CLI's `runs list --since/--until/--flag-field/--flag-rule`
-//! and `runs stats`, against known data.
+//! filters, the event filter, `RunStats`, and the CLI's `runs list --since/--until/
+//! --flag-field/--flag-rule/--event` and `runs stats`, against known data.
 
 use std::time::Duration;
 
@@ -240,4 +240,88 @@ async fn the_history_answers_by_time_range_flag_and_in_counts(backend: Backend) 
         .await;
     assert!(!ok);
     assert!(stderr.contains("is not before --until"), "{stderr}");
+
+    // Edits: only the binding taking `updated` runs on them, and `--event` finds exactly
+    // those runs.
+    let age_binding = admin
+        .list_bindings(pb::ListBindingsRequest {
+            form_id: form.to_string(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .bindings
+        .into_iter()
+        .find(|binding| binding.name == "age")
+        .unwrap();
+    admin
+        .update_binding(pb::UpdateBindingRequest {
+            id: age_binding.id.clone(),
+            options: Some(pb::BindingOptions {
+                events: "created,updated".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut client = proxy.process_client().await;
+    for (revision, age) in [(2, 40), (3, 300)] {
+        let reply = client
+            .process(pb::ProcessRequest {
+                event: pb::SubmissionEvent::Updated.into(),
+                revision,
+                ..crate::helpers::process(form, json!({"age": age}))
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(reply.sync_results.len(), 1, "only `age` takes edits");
+    }
+    let edits = pb::ListRunsRequest {
+        event: "updated".into(),
+        ..all.clone()
+    };
+    eventually("the edits' runs to be recorded", || async {
+        list(&proxy, edits.clone()).await.len() == 2
+    })
+    .await;
+    let runs = list(&proxy, edits.clone()).await;
+    assert!(
+        runs.iter()
+            .all(|run| run.binding_id == age_binding.id && run.event == "updated")
+    );
+    assert_eq!(
+        stats(&proxy, edits.clone(), "flag_rule").await,
+        [("max".to_owned(), 1)]
+    );
+    let created = pb::ListRunsRequest {
+        event: "created".into(),
+        ..all.clone()
+    };
+    assert_eq!(list(&proxy, created).await.len(), 20);
+    let (ok, json_out, stderr) = proxy
+        .cli(&[
+            "runs", "list", "--form", &form_arg, "--event", "updated", "--json",
+        ])
+        .await;
+    assert!(ok, "{stderr}");
+    let listed: Vec<Value> = serde_json::from_str(&json_out).unwrap();
+    assert_eq!(listed.len(), 2);
+    assert!(listed.iter().all(|run| run["event"] == "updated"));
+    let (ok, _, stderr) = proxy.cli(&["runs", "list", "--event", "edited"]).await;
+    assert!(!ok);
+    assert!(stderr.contains("unknown event `edited`"), "{stderr}");
+    assert_status(
+        proxy
+            .admin()
+            .await
+            .list_runs(pb::ListRunsRequest {
+                event: "edited".into(),
+                ..Default::default()
+            })
+            .await,
+        Code::InvalidArgument,
+        "unknown event `edited`",
+    );
 }
