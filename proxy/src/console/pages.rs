@@ -577,7 +577,7 @@ pub(super) async fn runs(
     }))
 }
 
-const CSV_HEADER: [&str; 13] = [
+const CSV_HEADER: [&str; 14] = [
     "run_id",
     "created_at",
     "status",
@@ -591,6 +591,7 @@ const CSV_HEADER: [&str; 13] = [
     "attempts",
     "finished_at",
     "error",
+    "event",
 ];
 
 fn csv_run(run: &Run, bindings: &HashMap<Uuid, Binding>) -> String {
@@ -610,6 +611,7 @@ fn csv_run(run: &Run, bindings: &HashMap<Uuid, Binding>) -> String {
         &run.attempts.to_string(),
         &finished,
         run.error.as_deref().unwrap_or(""),
+        run.event.as_str(),
     ])
 }
 
