@@ -159,6 +159,10 @@ pub async fn run_all(args: &Args) -> anyhow::Result<Report> {
         "6c. backfill: RunBindings queuing {BACKFILL_SUBMISSIONS} submissions into a webhook binding"
     );
     let backfill = backfill_rows(&grpc, &receiver).await?;
+    println!(
+        "6d. backfill: `postsub backfill --from-file`, {BACKFILL_SUBMISSIONS} lines of JSONL into a webhook binding"
+    );
+    let backfill_file = backfill_file_rows(&grpc, &receiver).await?;
 
     let embedded = embedded_rows_all(args).await?;
 
@@ -220,6 +224,12 @@ pub async fn run_all(args: &Args) -> anyhow::Result<Report> {
         "6c. backfill: RunBindings into a webhook",
         backfill,
         Some((backfill_ratio, "row 3")),
+    );
+    let backfill_file_ratio = backfill_file.throughput() / full_rate;
+    report.push(
+        "6d. backfill: the CLI from a JSONL file",
+        backfill_file,
+        Some((backfill_file_ratio, "row 3")),
     );
     for (process, measured, drain, drained) in embedded {
         let ratio = measured.throughput() / full_rate;
@@ -640,6 +650,94 @@ async fn backfill_rows(grpc: &str, receiver: &WebhookReceiver) -> anyhow::Result
     Ok(Measurement::counted(
         queued,
         BACKFILL_SUBMISSIONS as u64 - queued,
+        elapsed,
+        cpu,
+        peak_rss,
+    ))
+}
+
+/// The environment variable that makes the benchmark's executable the `postsub` command
+/// line (row 6d).
+pub const AS_POSTSUB_CLI: &str = "POSTSUB_BENCH_AS_CLI";
+
+/// Row 6d: `postsub backfill --binding B --from-file F` as a process of its own (this
+/// executable as the `postsub` command line), [`BACKFILL_SUBMISSIONS`] lines of JSON Lines
+/// into a webhook binding with the CLI's defaults, the worker stopped; from the start of the
+/// process to its exit, its CPU time and peak RSS read from `/proc` while it runs.
+async fn backfill_file_rows(grpc: &str, receiver: &WebhookReceiver) -> anyhow::Result<Measurement> {
+    use std::io::Write as _;
+
+    let form = Uuid::new_v4();
+    let config = json!({"url": receiver.url, "secret": receiver.secret});
+    let Value::Object(config) = config else {
+        unreachable!("a literal object")
+    };
+    let binding = TaskAdminClient::connect(grpc.to_owned())
+        .await?
+        .create_binding(pb::CreateBindingRequest {
+            form_id: form.to_string(),
+            name: "backfill-file".into(),
+            kind: "webhook".into(),
+            mode: pb::Mode::Async.into(),
+            config: Some(to_proto_struct(config)),
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    let path = std::env::temp_dir().join(format!("postsub-bench-{}.jsonl", Uuid::new_v4()));
+    let mut file = std::io::BufWriter::new(std::fs::File::create(&path)?);
+    let answers = Value::Object(answers());
+    for _ in 0..BACKFILL_SUBMISSIONS {
+        let line = json!({"submission_id": Uuid::new_v4(), "form_id": form,
+                          "submitted_at": chrono::Utc::now(), "answers": answers});
+        writeln!(file, "{line}")?;
+    }
+    file.flush()?;
+    drop(file);
+    let started = Instant::now();
+    let mut child = tokio::process::Command::new(std::env::current_exe()?)
+        .env(AS_POSTSUB_CLI, "1")
+        .args([
+            "--server",
+            grpc,
+            "backfill",
+            "--binding",
+            &binding.id,
+            "--from-file",
+        ])
+        .arg(&path)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?;
+    let pid = child.id().map(|pid| pid.to_string()).unwrap_or_default();
+    let (mut cpu, mut peak_rss) = (Duration::ZERO, 0);
+    let output = loop {
+        if let Some(used) = crate::usage::cpu_time_of(&pid) {
+            cpu = used;
+        }
+        peak_rss = peak_rss.max(crate::usage::peak_rss_of(&pid));
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    let elapsed = started.elapsed();
+    let mut summary = String::new();
+    if let Some(mut stdout) = child.stdout.take() {
+        use tokio::io::AsyncReadExt as _;
+        stdout.read_to_string(&mut summary).await?;
+    }
+    let _ = std::fs::remove_file(&path);
+    anyhow::ensure!(output.success(), "the backfill failed: {summary}");
+    let queued = format!("{BACKFILL_SUBMISSIONS} runs started");
+    anyhow::ensure!(
+        summary.contains(&queued),
+        "the backfill did not queue every line: {summary}"
+    );
+    Ok(Measurement::counted(
+        BACKFILL_SUBMISSIONS as u64,
+        0,
         elapsed,
         cpu,
         peak_rss,

@@ -96,8 +96,17 @@ pub fn rss() -> u64 {
     memory_field("VmRSS:")
 }
 
+/// Resident-set high-water mark of process `pid`, in bytes; 0 once it is gone.
+pub fn peak_rss_of(pid: &str) -> u64 {
+    memory_field_of(pid, "VmHWM:")
+}
+
 fn memory_field(name: &str) -> u64 {
-    std::fs::read_to_string("/proc/self/status")
+    memory_field_of("self", name)
+}
+
+fn memory_field_of(pid: &str, name: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
         .unwrap_or_default()
         .lines()
         .find_map(|line| line.strip_prefix(name))

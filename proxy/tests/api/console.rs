@@ -385,7 +385,10 @@ async fn the_console_shows_a_dead_run_and_an_admin_retries_its_group(backend: Ba
     assert!(lines[0].starts_with("run_id,created_at,status"));
     assert!(csv.contains(&dead_run) && csv.contains(",succeeded,"));
     assert!(lines[0].ends_with(",error,event"), "{csv}");
-    assert!(lines[1..].iter().all(|line| line.ends_with(",created")), "{csv}");
+    assert!(
+        lines[1..].iter().all(|line| line.ends_with(",created")),
+        "{csv}"
+    );
 
     // Enable and disable, audited with the token's name.
     let bindings = operator.page("/ui/bindings").await;
