@@ -209,6 +209,20 @@ class ParseTest(unittest.TestCase):
         self.assertEqual(sub.submitted_at, dt.datetime(2026, 12, 3, 10, 0, tzinfo=dt.timezone.utc))
         self.assertEqual(sub.metadata, {"request_id": "r-1"})
 
+    def test_an_edit_says_its_event_and_revision(self):
+        run = pt.TaskRun.parse(request_body())
+        self.assertEqual((run.submission.event, run.submission.revision), ("created", 0))
+        data = json.loads(request_body())
+        data["submission"].update({"event": "updated", "revision": 7})
+        sub = pt.TaskRun.parse(json.dumps(data).encode()).submission
+        self.assertEqual((sub.event, sub.revision), ("updated", 7))
+        for bad in ({"event": "edited"}, {"revision": -1}, {"revision": "7"}):
+            with self.subTest(bad=bad):
+                data = json.loads(request_body())
+                data["submission"].update(bad)
+                with self.assertRaises(ValueError):
+                    pt.TaskRun.parse(json.dumps(data).encode())
+
     def test_str_body(self):
         self.assertEqual(pt.TaskRun.parse(request_body().decode()).run_id, RUN_ID)
 

@@ -199,6 +199,10 @@ class Submission:
     """When the backend stored it (timezone-aware)."""
     metadata: Dict[str, Any] = field(default_factory=dict)
     """Context from the backend (request id, user agent, ...)."""
+    event: str = "created"
+    """What happened to it: ``created``, ``updated`` or ``deleted`` (a binding taking edits)."""
+    revision: int = 0
+    """The backend's version of it: of two edits, the higher is the newer; 0 when unknown."""
 
 
 @dataclass(frozen=True)
@@ -253,8 +257,24 @@ class TaskRun:
                     _str(sub, "submitted_at", "submission."), "submission.submitted_at"
                 ),
                 metadata={} if metadata is None else _obj(metadata, "submission.metadata"),
+                event=_event(sub),
+                revision=_revision(sub),
             ),
         )
+
+
+def _event(sub: Dict[str, Any]) -> str:
+    event = sub.get("event", "created")
+    if event not in ("created", "updated", "deleted"):
+        raise ValueError("field submission.event must be created, updated or deleted")
+    return event
+
+
+def _revision(sub: Dict[str, Any]) -> int:
+    revision = sub.get("revision", 0)
+    if isinstance(revision, bool) or not isinstance(revision, int) or revision < 0:
+        raise ValueError("field submission.revision must be a whole number")
+    return revision
 
 
 def _get(obj: Dict[str, Any], key: str, prefix: str = "") -> Any:
