@@ -592,11 +592,12 @@ async fn measure_drain(total: u64, done: impl Fn() -> u64) -> Measurement {
 /// Submissions row 6c backfills.
 const BACKFILL_SUBMISSIONS: usize = 20_000;
 
-/// Row 6c: `RunBindings`, what `postsub backfill` calls, queuing [`BACKFILL_SUBMISSIONS`]
-/// submissions into a webhook binding, 500 a call and 4 calls in flight (the CLI's
-/// defaults), the worker stopped: a backfill's throughput on the proxy and the queue. The
-/// requests are built before the clock starts.
-async fn backfill_rows(grpc: &str, receiver: &WebhookReceiver) -> anyhow::Result<Measurement> {
+/// A new form with one async webhook binding to `receiver`, named `name`.
+async fn webhook_binding(
+    grpc: &str,
+    receiver: &WebhookReceiver,
+    name: &str,
+) -> anyhow::Result<(Uuid, pb::Binding)> {
     let form = Uuid::new_v4();
     let config = json!({"url": receiver.url, "secret": receiver.secret});
     let Value::Object(config) = config else {
@@ -606,7 +607,7 @@ async fn backfill_rows(grpc: &str, receiver: &WebhookReceiver) -> anyhow::Result
         .await?
         .create_binding(pb::CreateBindingRequest {
             form_id: form.to_string(),
-            name: "backfill".into(),
+            name: name.into(),
             kind: "webhook".into(),
             mode: pb::Mode::Async.into(),
             config: Some(to_proto_struct(config)),
@@ -614,6 +615,15 @@ async fn backfill_rows(grpc: &str, receiver: &WebhookReceiver) -> anyhow::Result
         })
         .await?
         .into_inner();
+    Ok((form, binding))
+}
+
+/// Row 6c: `RunBindings`, what `postsub backfill` calls, queuing [`BACKFILL_SUBMISSIONS`]
+/// submissions into a webhook binding, 500 a call and 4 calls in flight (the CLI's
+/// defaults), the worker stopped: a backfill's throughput on the proxy and the queue. The
+/// requests are built before the clock starts.
+async fn backfill_rows(grpc: &str, receiver: &WebhookReceiver) -> anyhow::Result<Measurement> {
+    let (form, binding) = webhook_binding(grpc, receiver, "backfill").await?;
     let answers = answers();
     let batches: Vec<pb::RunBindingsRequest> = (0..BACKFILL_SUBMISSIONS / 500)
         .map(|_| pb::RunBindingsRequest {
@@ -667,23 +677,7 @@ pub const AS_POSTSUB_CLI: &str = "POSTSUB_BENCH_AS_CLI";
 async fn backfill_file_rows(grpc: &str, receiver: &WebhookReceiver) -> anyhow::Result<Measurement> {
     use std::io::Write as _;
 
-    let form = Uuid::new_v4();
-    let config = json!({"url": receiver.url, "secret": receiver.secret});
-    let Value::Object(config) = config else {
-        unreachable!("a literal object")
-    };
-    let binding = TaskAdminClient::connect(grpc.to_owned())
-        .await?
-        .create_binding(pb::CreateBindingRequest {
-            form_id: form.to_string(),
-            name: "backfill-file".into(),
-            kind: "webhook".into(),
-            mode: pb::Mode::Async.into(),
-            config: Some(to_proto_struct(config)),
-            ..Default::default()
-        })
-        .await?
-        .into_inner();
+    let (form, binding) = webhook_binding(grpc, receiver, "backfill-file").await?;
     let path = std::env::temp_dir().join(format!("postsub-bench-{}.jsonl", Uuid::new_v4()));
     let mut file = std::io::BufWriter::new(std::fs::File::create(&path)?);
     let answers = Value::Object(answers());

@@ -372,55 +372,46 @@ async fn an_event_a_binding_does_not_take_runs_nothing() {
     })
     .await;
 
-    // A kind refuses an event it cannot take.
-    let refused = sheets
-        .stack
-        .admin()
-        .await
-        .create_binding(pb::CreateBindingRequest {
+    // A kind refuses an event it cannot take, and an unknown event is named.
+    let refused = |name: &str, kind: &str, mode: pb::Mode, config: Value, events: &str| {
+        let request = pb::CreateBindingRequest {
             form_id: form.clone(),
-            name: "check".into(),
-            kind: "validate".into(),
-            mode: pb::Mode::Sync.into(),
-            config: Some(to_proto_struct(Default::default())),
+            name: name.into(),
+            kind: kind.into(),
+            mode: mode.into(),
+            config: Some(to_proto_struct(config.as_object().unwrap().clone())),
             options: Some(pb::BindingOptions {
-                events: "created,deleted".into(),
+                events: events.into(),
                 ..Default::default()
             }),
             ..Default::default()
-        })
-        .await
-        .unwrap_err();
-    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+        };
+        let stack = &sheets.stack;
+        async move {
+            let status = stack
+                .admin()
+                .await
+                .create_binding(request)
+                .await
+                .unwrap_err();
+            assert_eq!(status.code(), tonic::Code::InvalidArgument);
+            status.message().to_owned()
+        }
+    };
     assert_eq!(
-        refused.message(),
+        refused(
+            "check",
+            "validate",
+            pb::Mode::Sync,
+            json!({}),
+            "created,deleted"
+        )
+        .await,
         "events: task kind `validate` runs on created,updated, not on created,deleted"
     );
-    let unknown = sheets
-        .stack
-        .admin()
-        .await
-        .create_binding(pb::CreateBindingRequest {
-            form_id: form,
-            name: "hook2".into(),
-            kind: "webhook".into(),
-            mode: pb::Mode::Async.into(),
-            config: Some(to_proto_struct(
-                json!({"url": receiver.url, "secret": receiver.secret})
-                    .as_object()
-                    .unwrap()
-                    .clone(),
-            )),
-            options: Some(pb::BindingOptions {
-                events: "created,edited".into(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
-        .await
-        .unwrap_err();
+    let hook = json!({"url": receiver.url, "secret": receiver.secret});
     assert_eq!(
-        unknown.message(),
+        refused("hook2", "webhook", pb::Mode::Async, hook, "created,edited").await,
         "events: unknown event `edited`: expected `created`, `updated` or `deleted`"
     );
 }

@@ -15,7 +15,9 @@ async fn binding(emulator: &SheetsEmulator, config: Value) -> TaskHarness<Google
     std::fs::create_dir_all(&dir).unwrap();
     let mut config = config;
     config["credentials_file"] = json!(emulator.write_service_account_key(&dir));
-    config["batch_wait"] = json!("1ms");
+    if config.get("batch_wait").is_none() {
+        config["batch_wait"] = json!("1ms");
+    }
     config["max_writes_per_minute"] = json!(60_000);
     let sheets = GoogleSheets::new(Endpoints {
         sheets_base_url: emulator.sheets_base_url(),
@@ -133,4 +135,23 @@ async fn on_delete_mark_writes_the_time_into_a_deleted_at_column() {
         chrono::DateTime::parse_from_rfc3339(marked).is_ok(),
         "{marked}"
     );
+}
+
+#[tokio::test]
+async fn of_two_edits_in_one_batch_the_newer_is_written_whatever_their_order() {
+    let emulator = SheetsEmulator::start().await;
+    // Runs reaching the writer within 300 ms share one batch.
+    let harness = binding(&emulator, json!({"batch_wait": "300ms"})).await;
+    let submission = harness.submission(json!({"name": "v1"}));
+    assert_eq!(action(&harness, &submission).await, "appended");
+    let newer = harness.change(&submission, Event::Updated, 3, json!({"name": "v3"}));
+    let older = harness.change(&submission, Event::Updated, 2, json!({"name": "v2"}));
+    let (newer, older) = tokio::join!(harness.run(&newer), harness.run(&older));
+    assert_eq!(newer.unwrap().output["action"], "rewritten");
+    assert_eq!(older.unwrap().output["action"], "superseded");
+    assert_eq!(rows(&emulator)[1][2], "v3");
+    // And the revision kept is the newer one: revision 2 again changes nothing.
+    let again = harness.change(&submission, Event::Updated, 2, json!({"name": "v2"}));
+    assert_eq!(action(&harness, &again).await, "superseded");
+    assert_eq!(rows(&emulator)[1][2], "v3");
 }

@@ -20,7 +20,80 @@ contract!(
     a_backfill_from_a_file_runs_each_submission_once_and_a_rerun_skips_them,
     a_csv_backfill_types_its_cells,
     a_backfill_from_the_backend_catches_up_what_the_proxy_missed,
+    a_backend_gone_mid_backfill_leaves_a_checkpoint_the_rerun_resumes_from,
 );
+
+/// The demo backend on a SQLite file, its layer pointed at a proxy that is not there (the
+/// submissions it stores are the ones the proxy missed).
+struct DemoBackend {
+    base: String,
+    stop: CancellationToken,
+    serving: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl DemoBackend {
+    async fn start(addr: &str, file: &postsub_testkit::TestSqlite) -> Self {
+        let down = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let settings = collect_backend::Settings::try_parse_from([
+            "collect-backend",
+            "--addr",
+            addr,
+            "--postsub-url",
+            &format!("http://{down}"),
+            "--database-url",
+            &file.url,
+        ])
+        .unwrap();
+        let app = collect_backend::Application::build(settings).await.unwrap();
+        let base = format!("http://{}", app.local_addr());
+        let stop = CancellationToken::new();
+        let serving = tokio::spawn(app.run_until(stop.clone().cancelled_owned()));
+        Self {
+            base,
+            stop,
+            serving,
+        }
+    }
+
+    /// A new form; its id.
+    async fn form(&self) -> String {
+        let form: Value = reqwest::Client::new()
+            .post(format!("{}/forms", self.base))
+            .json(&json!({"title": "Catch-up", "questions": [{"key": "n", "type": "number"}]}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        form["id"].as_str().unwrap().to_owned()
+    }
+
+    /// Stores `count` submissions to `form`, each `{"n": i}`.
+    async fn submit(&self, form: &str, count: usize) {
+        let http = reqwest::Client::new();
+        for n in 0..count {
+            let stored: Value = http
+                .post(format!("{}/forms/{form}/submit", self.base))
+                .json(&json!({"answers": {"n": n}}))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            assert!(stored["post_submission"]["error"].is_string(), "{stored}");
+        }
+    }
+
+    async fn stop(self) {
+        self.stop.cancel();
+        self.serving.await.unwrap().unwrap();
+    }
+}
 
 /// Runs `postsub --server … backfill ARGS`; success, stdout, stderr.
 async fn backfill(proxy: &TestProxy, args: &[&str]) -> (bool, String, String) {
@@ -246,50 +319,12 @@ async fn a_csv_backfill_types_its_cells(backend: Backend) {
 async fn a_backfill_from_the_backend_catches_up_what_the_proxy_missed(backend: Backend) {
     let proxy = spawn_proxy(backend).await;
     let receiver = WebhookReceiver::start().await;
-    // The demo backend, its layer pointed at a proxy that is not there.
-    let down = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
     let file = postsub_testkit::TestSqlite::create("collect");
-    let settings = collect_backend::Settings::try_parse_from([
-        "collect-backend",
-        "--addr",
-        "127.0.0.1:0",
-        "--postsub-url",
-        &format!("http://{down}"),
-        "--database-url",
-        &file.url,
-    ])
-    .unwrap();
-    let app = collect_backend::Application::build(settings).await.unwrap();
-    let base = format!("http://{}", app.local_addr());
-    let stop = CancellationToken::new();
-    let serving = tokio::spawn(app.run_until(stop.clone().cancelled_owned()));
-    let http = reqwest::Client::new();
-    let form: Value = http
-        .post(format!("{base}/forms"))
-        .json(&json!({"title": "Catch-up", "questions": [{"key": "n", "type": "number"}]}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let form_id = form["id"].as_str().unwrap().to_owned();
+    let demo = DemoBackend::start("127.0.0.1:0", &file).await;
+    let base = demo.base.clone();
+    let form_id = demo.form().await;
     let since = chrono::Utc::now().to_rfc3339();
-    for n in 0..120 {
-        let stored: Value = http
-            .post(format!("{base}/forms/{form_id}/submit"))
-            .json(&json!({"answers": {"n": n}}))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        assert!(stored["post_submission"]["error"].is_string(), "{stored}");
-    }
+    demo.submit(&form_id, 120).await;
     bind_hook(&proxy, form_id.parse().unwrap(), &receiver).await;
 
     let (ok, stdout, stderr) = backfill(
@@ -323,12 +358,101 @@ async fn a_backfill_from_the_backend_catches_up_what_the_proxy_missed(backend: B
     );
 
     // The backend gone: the backfill stops and says so.
-    stop.cancel();
-    serving.await.unwrap().unwrap();
+    demo.stop().await;
     let (ok, _, stderr) = backfill(&proxy, &["--form", &form_id, "--from-backend", &base]).await;
     assert!(
         !ok && stderr.contains("the backend did not answer"),
         "{stderr}"
     );
     assert_eq!(receiver.deliveries().len(), 120);
+}
+
+async fn a_backend_gone_mid_backfill_leaves_a_checkpoint_the_rerun_resumes_from(backend: Backend) {
+    // More than two pages of the listing (500 each), so that one is still to fetch when the
+    // backend goes.
+    const SUBMISSIONS: usize = 1100;
+    let proxy = spawn_proxy(backend).await;
+    let receiver = WebhookReceiver::start().await;
+    let file = postsub_testkit::TestSqlite::create("collect");
+    let demo = DemoBackend::start("127.0.0.1:0", &file).await;
+    let form = demo.form().await;
+    demo.submit(&form, SUBMISSIONS).await;
+    bind_hook(&proxy, form.parse().unwrap(), &receiver).await;
+    let checkpoint = std::env::temp_dir().join(format!(
+        "postsub-backfill-{}.checkpoint",
+        Uuid::new_v4().simple()
+    ));
+    let checkpoint_arg = checkpoint.to_str().unwrap().to_owned();
+    let base = demo.base.clone();
+    let args = [
+        "--form",
+        &form,
+        "--from-backend",
+        &base,
+        "--checkpoint",
+        &checkpoint_arg,
+        "--batch",
+        "20",
+        "--rate",
+        "300",
+    ];
+
+    // The backend stops while the backfill pages through it (about 3.7 s at 300 a second).
+    let (first, ()) = tokio::join!(backfill(&proxy, &args), async {
+        tokio::time::sleep(Duration::from_millis(2000)).await;
+        demo.stop().await;
+    });
+    let (ok, stdout, stderr) = first;
+    assert!(!ok, "the backfill says it stopped: {stdout}");
+    assert!(stderr.contains("the backend did not answer"), "{stderr}");
+    let saved: Value = serde_json::from_slice(&std::fs::read(&checkpoint).unwrap()).unwrap();
+    assert!(saved.to_string().contains("_"), "a cursor is kept: {saved}");
+    // The last batch's runs reach the history a moment after their call answered.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let done_before = delivered_or_queued(&proxy, &form).await;
+    assert!(
+        (1..SUBMISSIONS).contains(&done_before),
+        "stopped partway: {done_before} of {SUBMISSIONS} ({stdout})"
+    );
+
+    // The backend back on the same file and address: the rerun starts at the cursor.
+    let addr = base.trim_start_matches("http://").to_owned();
+    let demo = DemoBackend::start(&addr, &file).await;
+    let (ok, stdout, stderr) = backfill(&proxy, &args).await;
+    assert!(ok, "{stdout}\n{stderr}");
+    let read: usize = stdout
+        .split(" submissions read")
+        .next()
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("a summary: {stdout}"));
+    assert!(
+        read < SUBMISSIONS,
+        "the rerun starts at the cursor: it read {read} after {done_before} were done: {stdout}"
+    );
+    eventually("every submission's webhook", || async {
+        delivered(&receiver).len() == SUBMISSIONS
+    })
+    .await;
+    assert_eq!(receiver.deliveries().len(), SUBMISSIONS, "none twice");
+    demo.stop().await;
+    let _ = std::fs::remove_file(&checkpoint);
+}
+
+/// How many runs of `form` the history holds.
+async fn delivered_or_queued(proxy: &TestProxy, form: &str) -> usize {
+    let counts = proxy
+        .admin()
+        .await
+        .run_stats(pb::RunStatsRequest {
+            filter: Some(pb::ListRunsRequest {
+                form_id: form.to_owned(),
+                ..Default::default()
+            }),
+            by: "binding".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .counts;
+    counts.iter().map(|count| count.runs as usize).sum()
 }

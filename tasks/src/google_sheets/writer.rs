@@ -123,6 +123,20 @@ pub struct Written {
     pub action: Action,
 }
 
+impl PendingRow {
+    /// Of the changes of one submission in a batch, for a binding taking edits, the one that
+    /// wins: a deletion over an edit over a creation, then the higher revision.
+    fn precedence(&self) -> Option<(bool, bool, u64)> {
+        let revisions = self.revisions.as_ref()?;
+        let deletion = matches!(self.change, Change::Delete | Change::Mark);
+        Some((
+            deletion,
+            deletion || self.change == Change::Rewrite,
+            revisions.revision,
+        ))
+    }
+}
+
 /// What happened to a run's row.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Action {
@@ -257,8 +271,8 @@ impl Writer {
         batch: &[PendingRow],
     ) -> Result<Vec<Result<Written, TaskError>>, TaskError> {
         let newest = self.newest_written(batch).await?;
-        // Which rows are still due: not superseded by a newer revision.
-        let due: Vec<bool> = batch
+        // Which rows are still due: not superseded by a newer revision written before...
+        let mut due: Vec<bool> = batch
             .iter()
             .zip(&newest)
             .map(|(row, newest)| match (newest, &row.revisions) {
@@ -266,6 +280,19 @@ impl Writer {
                 _ => true,
             })
             .collect();
+        // ...nor by a newer change of the same submission in this batch.
+        let mut winners: HashMap<&str, (bool, bool, u64)> = HashMap::new();
+        for (row, _) in batch.iter().zip(&due).filter(|(_, due)| **due) {
+            if let Some(key) = row.precedence() {
+                let winner = winners.entry(&row.submission_id).or_insert(key);
+                *winner = (*winner).max(key);
+            }
+        }
+        for (row, due) in batch.iter().zip(due.iter_mut()) {
+            if let Some(key) = row.precedence() {
+                *due &= winners.get(row.submission_id.as_str()) == Some(&key);
+            }
+        }
         let rows = || {
             batch
                 .iter()
