@@ -414,37 +414,17 @@ fn process_request(
         .and_then(Value::as_str)
         .and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok())
         .map(|t| to_proto_timestamp(&t));
-    let revision = match object.get(&fields.revision) {
-        None | Some(Value::Null) => None,
-        Some(Value::Number(n)) => Some(n.as_u64().ok_or_else(|| {
-            format!(
-                "the submit response's `{}` is not a whole number ≥ 0",
-                fields.revision
-            )
-        })?),
-        Some(Value::String(s)) => Some(
-            chrono::DateTime::parse_from_rfc3339(s)
-                .ok()
-                .and_then(|t| u64::try_from(t.timestamp_micros()).ok())
-                .ok_or_else(|| {
-                    format!(
-                        "the submit response's `{}` is neither a number nor an RFC 3339 time",
-                        fields.revision
-                    )
-                })?,
-        ),
-        Some(_) => {
-            return Err(format!(
-                "the submit response's `{}` is neither a number nor an RFC 3339 time",
-                fields.revision
-            ));
-        }
-    };
-    // An edit needs an order: without the backend's revision, the time the layer saw it.
-    let revision = match (revision, event) {
-        (Some(revision), _) => revision,
-        (None, pb::SubmissionEvent::Created) => 0,
-        (None, _) => u64::try_from(chrono::Utc::now().timestamp_micros()).unwrap_or(0),
+    let revision = match (
+        revision(object.get(&fields.revision), &fields.revision),
+        event,
+    ) {
+        (Ok(Some(revision)), _) => revision,
+        // Only edits need an order: a creation's revision is kept when it reads, never an
+        // error (a backend may well have a `revision` of its own meaning).
+        (_, pb::SubmissionEvent::Created) => 0,
+        (Err(reason), _) => return Err(reason),
+        // Without the backend's revision, the time the layer saw the edit.
+        (Ok(None), _) => u64::try_from(chrono::Utc::now().timestamp_micros()).unwrap_or(0),
     };
     Ok(pb::ProcessRequest {
         form_id: text(&fields.form_id)?,
@@ -455,6 +435,26 @@ fn process_request(
         event: event.into(),
         revision,
     })
+}
+
+/// The revision in a response body's `field`: a whole number, or an RFC 3339 time in
+/// microseconds; `None` when absent.
+fn revision(value: Option<&Value>, field: &str) -> Result<Option<u64>, String> {
+    let unreadable = || {
+        format!(
+            "the submit response's `{field}` is neither a whole number ≥ 0 nor an RFC 3339 time"
+        )
+    };
+    match value {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Number(n)) => n.as_u64().map(Some).ok_or_else(unreadable),
+        Some(Value::String(s)) => chrono::DateTime::parse_from_rfc3339(s)
+            .ok()
+            .and_then(|t| u64::try_from(t.timestamp_micros()).ok())
+            .map(Some)
+            .ok_or_else(unreadable),
+        Some(_) => Err(unreadable()),
+    }
 }
 
 /// Why one `Process` call failed.

@@ -180,8 +180,10 @@ async fn the_method_says_the_event_and_the_body_the_revision() {
     let bad = call("PUT", with(json!(-3))).await;
     assert_eq!(
         bad["post_submission"]["error"],
-        "the submit response's `revision` is not a whole number ≥ 0"
+        "the submit response's `revision` is neither a whole number ≥ 0 nor an RFC 3339 time"
     );
+    // A creation does not need a revision: one of another meaning is no error.
+    call("POST", with(json!("v7"))).await;
 
     let requests = stand_in.requests.lock().unwrap().clone();
     let seen: Vec<(pb::SubmissionEvent, u64)> = requests
@@ -190,9 +192,10 @@ async fn the_method_says_the_event_and_the_body_the_revision() {
         .collect();
     assert_eq!(
         seen.len(),
-        4,
+        5,
         "GET and the bad revision made no call: {seen:?}"
     );
+    assert_eq!(seen[4], (pb::SubmissionEvent::Created, 0));
     assert_eq!(seen[0], (pb::SubmissionEvent::Created, 1));
     assert_eq!(seen[1], (pb::SubmissionEvent::Updated, 2));
     assert_eq!(
