@@ -108,6 +108,16 @@ pub struct SubmissionPath {
     pub submission_id: Uuid,
 }
 
+impl SubmissionPath {
+    /// The error when the form has no such submission.
+    pub fn not_found(self) -> ApiError {
+        ApiError::SubmissionNotFound {
+            form_id: self.form_id,
+            submission_id: self.submission_id,
+        }
+    }
+}
+
 impl<S: Send + Sync> FromRequestParts<S> for SubmissionPath {
     type Rejection = ApiError;
 

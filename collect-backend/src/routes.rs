@@ -104,10 +104,7 @@ async fn replace_submission(
         .await
         .context("replacing a submission's answers")?
         .map(Json)
-        .ok_or(ApiError::SubmissionNotFound {
-            form_id: path.form_id,
-            submission_id: path.submission_id,
-        })
+        .ok_or_else(|| path.not_found())
 }
 
 /// `DELETE /forms/{id}/submissions/{submission_id}`: deletes a submission and answers it as
@@ -122,10 +119,7 @@ async fn delete_submission(
         .await
         .context("deleting a submission")?
         .map(Json)
-        .ok_or(ApiError::SubmissionNotFound {
-            form_id: path.form_id,
-            submission_id: path.submission_id,
-        })
+        .ok_or_else(|| path.not_found())
 }
 
 /// `GET /forms/{id}/submissions?since=&until=&after=&limit=`: one page of the form's

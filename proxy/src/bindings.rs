@@ -8,7 +8,7 @@
 use std::{collections::HashMap, sync::Arc};
 
 use arc_swap::ArcSwap;
-use postsub_tasks::{PreparedTask, Registry};
+use postsub_tasks::{PreparedTask, Registry, Submission};
 use uuid::Uuid;
 
 use crate::store::{Binding, Store, StoreResult};
@@ -20,6 +20,14 @@ pub struct LiveBinding {
     /// The prepared task, or why the stored config no longer prepares (say, a kind this
     /// process does not know): runs of it fail with that reason instead of vanishing.
     pub task: Result<Arc<dyn PreparedTask>, String>,
+}
+
+impl LiveBinding {
+    /// Whether the binding runs on this submission's event: one that does not has no run
+    /// for it, and that is no error.
+    pub fn takes(&self, submission: &Submission) -> bool {
+        self.binding.options.events().contains(submission.event)
+    }
 }
 
 #[derive(Default)]

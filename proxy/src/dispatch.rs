@@ -259,12 +259,7 @@ impl PostSubmission for Dispatcher {
                 "no enabled binding for this form: nothing to run");
             return Ok(Response::new(pb::ProcessResponse::default()));
         };
-        // A binding that does not take this event has no run for it: not an error.
-        let taking = || {
-            bindings
-                .iter()
-                .filter(|live| live.binding.options.events().contains(submission.event))
-        };
+        let taking = || bindings.iter().filter(|live| live.takes(&submission));
         let sync = taking()
             .filter(|live| live.binding.mode == Mode::Sync)
             .map(|live| self.run_sync(live, &submission));
@@ -377,15 +372,12 @@ async fn run_bindings(
             }),
         }
     }
-    let takes = |live: &LiveBinding, submission: &Submission| {
-        live.binding.options.events().contains(submission.event)
-    };
     let run_ids: Vec<_> = work
         .iter()
         .flat_map(|(_, submission)| {
             bindings
                 .iter()
-                .filter(|live| takes(live, submission))
+                .filter(|live| live.takes(submission))
                 .map(|live| run_id(submission, live.binding.id))
         })
         .collect();
@@ -399,7 +391,7 @@ async fn run_bindings(
         .map(|(index, submission)| {
             let (done, due): (Vec<_>, Vec<_>) = bindings
                 .iter()
-                .filter(|live| takes(live, &submission))
+                .filter(|live| live.takes(&submission))
                 .cloned()
                 .partition(|live| existing.contains(&run_id(&submission, live.binding.id)));
             results[index].started = due.len() as u32;

@@ -409,7 +409,7 @@ async fn a_backend_gone_mid_backfill_leaves_a_checkpoint_the_rerun_resumes_from(
     assert!(saved.to_string().contains("_"), "a cursor is kept: {saved}");
     // The last batch's runs reach the history a moment after their call answered.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let done_before = delivered_or_queued(&proxy, &form).await;
+    let done_before = runs_of(&proxy, &form).await;
     assert!(
         (1..SUBMISSIONS).contains(&done_before),
         "stopped partway: {done_before} of {SUBMISSIONS} ({stdout})"
@@ -439,7 +439,7 @@ async fn a_backend_gone_mid_backfill_leaves_a_checkpoint_the_rerun_resumes_from(
 }
 
 /// How many runs of `form` the history holds.
-async fn delivered_or_queued(proxy: &TestProxy, form: &str) -> usize {
+async fn runs_of(proxy: &TestProxy, form: &str) -> usize {
     let counts = proxy
         .admin()
         .await
