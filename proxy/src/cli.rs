@@ -1,6 +1,6 @@
 //! The `postsub` command line: server commands and the admin client.
 
-use std::{io::IsTerminal as _, process::ExitCode};
+use std::{future::Future, io::IsTerminal as _, pin::Pin, process::ExitCode};
 
 use clap::{Args, Parser, Subcommand};
 use postsub_tasks::{Registry, TargetPolicy};
@@ -104,6 +104,17 @@ impl<F: Fn(&mut Registry, &TargetPolicy)> ExtendRegistry for F {}
 /// registers it in the closure (`registry.register(SmsReceipt::new(targets));` in
 /// examples/sms-receipt). A kind registered twice stops the start with an error.
 pub async fn main(extend: impl ExtendRegistry) -> ExitCode {
+    boxed_run(&extend).await
+}
+
+/// `run` behind a `dyn Future` made here: a binary that awaited `run`'s future itself would
+/// compile every future it awaits once more in its own crate (rustc exports no code of a
+/// library's async fn bodies), which took the `postsub` binary's release build 44 s.
+fn boxed_run(extend: &dyn ExtendRegistry) -> Pin<Box<dyn Future<Output = ExitCode> + '_>> {
+    Box::pin(run(extend))
+}
+
+async fn run(extend: &dyn ExtendRegistry) -> ExitCode {
     let cli = Cli::parse();
     let server = !matches!(
         cli.command,
@@ -117,7 +128,7 @@ pub async fn main(extend: impl ExtendRegistry) -> ExitCode {
             | Command::Audit(_)
     );
     init_tracing(if server { "info" } else { "warn" });
-    let kinds = Kinds(&extend);
+    let kinds = Kinds(extend);
     let result = match cli.command {
         Command::Migrate(database) => migrate(database).await,
         Command::Serve(args) => serve(args, kinds).await,
