@@ -12,6 +12,7 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use chrono::{DateTime, DurationRound as _, NaiveDateTime, Utc};
+use postsub_tasks::Event;
 use serde::Deserialize;
 use uuid::Uuid;
 
@@ -350,6 +351,8 @@ pub(super) struct RunsQuery {
     #[serde(default)]
     status: String,
     #[serde(default)]
+    event: String,
+    #[serde(default)]
     from: String,
     #[serde(default)]
     to: String,
@@ -413,6 +416,13 @@ impl RunsQuery {
                 ))
             })?),
         };
+        let event = match self.event.trim() {
+            "" => None,
+            event => Some(
+                Event::from_str(event)
+                    .map_err(|why| PageError::bad_request(format!("event: {why}")))?,
+            ),
+        };
         let created_after = time_field("from", &self.from)?;
         let created_before = time_field("to", &self.to)?;
         if let (Some(from), Some(to)) = (created_after, created_before)
@@ -433,7 +443,7 @@ impl RunsQuery {
             flag: non_empty(&self.flag),
             flag_field: None,
             flag_rule: None,
-            event: None,
+            event,
             error_contains: non_empty(&self.error),
             after_key: parse_page_token(self.after.trim())
                 .map_err(|_| PageError::bad_request("after: not a page key this console made"))?,
@@ -447,6 +457,7 @@ impl RunsQuery {
             ("binding", self.binding.as_str()),
             ("kind", self.kind.as_str()),
             ("status", self.status.as_str()),
+            ("event", self.event.as_str()),
             ("from", self.from.as_str()),
             ("to", self.to.as_str()),
             ("submission", self.submission.as_str()),
@@ -506,6 +517,7 @@ struct RunsPage {
     viewer: Viewer,
     query: RunsQuery,
     statuses: Vec<&'static str>,
+    events: Vec<&'static str>,
     kinds: Vec<String>,
     problem: Option<String>,
     /// Said when the filter's form has no binding (its `Process` calls run nothing).
@@ -527,6 +539,7 @@ pub(super) async fn runs(
         .map(|k| k.kind().to_owned())
         .collect();
     let statuses = RunStatus::ALL.iter().map(|s| s.as_str()).collect();
+    let events = Event::ALL.iter().map(|e| e.as_str()).collect();
     let filter = match query.filter() {
         Ok(filter) => filter,
         // The page with the filter form, saying what is wrong.
@@ -536,6 +549,7 @@ pub(super) async fn runs(
                 csv: String::new(),
                 query,
                 statuses,
+                events,
                 kinds,
                 problem: Some(problem.message),
                 unbound_form: false,
@@ -569,6 +583,7 @@ pub(super) async fn runs(
         csv: format!("/ui/runs.csv?{}", query.link("")),
         query,
         statuses,
+        events,
         kinds,
         problem: None,
         unbound_form,

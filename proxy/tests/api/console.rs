@@ -389,6 +389,25 @@ async fn the_console_shows_a_dead_run_and_an_admin_retries_its_group(backend: Ba
         lines[1..].iter().all(|line| line.ends_with(",created")),
         "{csv}"
     );
+    // The event filter: both runs are of the creation, none of an edit.
+    let created = operator
+        .page(&format!("/ui/runs?submission={submission}&event=created"))
+        .await;
+    assert!(created.contains(&dead_run), "{created}");
+    assert!(
+        created.contains("<option selected>created</option>"),
+        "the filter shows what it filters by: {created}"
+    );
+    let updated = operator
+        .page(&format!("/ui/runs?submission={submission}&event=updated"))
+        .await;
+    assert!(updated.contains("No runs match."), "{updated}");
+    let csv = operator
+        .page(&format!(
+            "/ui/runs.csv?submission={submission}&event=deleted"
+        ))
+        .await;
+    assert_eq!(csv.lines().count(), 1, "the header alone: {csv}");
 
     // Enable and disable, audited with the token's name.
     let bindings = operator.page("/ui/bindings").await;
@@ -440,6 +459,7 @@ async fn console_pages_refuse_bad_filters_and_strangers(backend: Backend) {
         ("form=not-a-uuid", "form: `not-a-uuid` is not a UUID"),
         ("submission=123", "submission: `123` is not a UUID"),
         ("status=exploded", "status: `exploded` is not a status"),
+        ("event=edited", "event: unknown event `edited`"),
         ("from=yesterday", "from: `yesterday` is not a time"),
         (
             "from=2026-12-03T10:00&to=2026-12-03T09:00",
