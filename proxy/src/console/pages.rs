@@ -416,13 +416,6 @@ impl RunsQuery {
                 ))
             })?),
         };
-        let event = match self.event.trim() {
-            "" => None,
-            event => Some(
-                Event::from_str(event)
-                    .map_err(|why| PageError::bad_request(format!("event: {why}")))?,
-            ),
-        };
         let created_after = time_field("from", &self.from)?;
         let created_before = time_field("to", &self.to)?;
         if let (Some(from), Some(to)) = (created_after, created_before)
@@ -443,7 +436,10 @@ impl RunsQuery {
             flag: non_empty(&self.flag),
             flag_field: None,
             flag_rule: None,
-            event,
+            event: non_empty(&self.event)
+                .map(|event| event.parse::<Event>())
+                .transpose()
+                .map_err(|why| PageError::bad_request(format!("event: {why}")))?,
             error_contains: non_empty(&self.error),
             after_key: parse_page_token(self.after.trim())
                 .map_err(|_| PageError::bad_request("after: not a page key this console made"))?,
