@@ -38,7 +38,7 @@ use uuid::Uuid;
 
 use self::{
     rows::Rows,
-    writer::{Writer, WriterTask},
+    writer::{LOCK_POLL, Writer, WriterTask},
 };
 use super::{
     ApiToken, AuditEntry, BINDING_COLUMNS, Binding, BindingRow, BindingStatusCount, ChangeFeed,
@@ -64,8 +64,8 @@ const MINUTE_SQL: &str = "SELECT substr(created_at, 1, 16) AS minute, status, co
 const CHANGE_POLL: Duration = Duration::from_millis(250);
 /// Read connections.
 const READERS: u32 = 4;
-/// How long a connection waits for another process's write lock before the writer backs
-/// off and retries.
+/// How long a connection waits for another process's write lock (the writer: in short
+/// polls, see [`writer::LOCK_POLL`]) before the writer backs off, logging why.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Where the file is and how hard a commit holds on to the disk.
@@ -165,7 +165,7 @@ impl SqliteStore {
             );
         }
         let options = options(settings).create_if_missing(false);
-        let mut writer = SqliteConnection::connect_with(&options)
+        let mut writer = SqliteConnection::connect_with(&options.clone().busy_timeout(LOCK_POLL))
             .await
             .map_err(|err| cannot_open(path, err))?;
         let applied = applied_migrations(&mut writer, path).await?;

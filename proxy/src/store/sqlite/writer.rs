@@ -11,8 +11,9 @@
 //!
 //! `BEGIN IMMEDIATE` takes the write lock before anything is read, so a transaction never
 //! has to upgrade a read lock (which fails at once with `SQLITE_BUSY` when another
-//! connection writes). Another process holding the lock is waited for (`busy_timeout`),
-//! and past that the batch is retried with backoff, its reason logged: never dropped.
+//! connection writes). Another process holding the lock is waited for in short polls
+//! ([`LOCK_POLL`]) for up to `BUSY_TIMEOUT`, and past that the batch is retried with
+//! backoff, its reason logged: never dropped.
 
 use std::{sync::LazyLock, time::Duration};
 
@@ -21,8 +22,20 @@ use sqlx::{Connection as _, SqliteConnection, error::ErrorKind};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use super::rows::{self, Rows};
+use super::{
+    BUSY_TIMEOUT,
+    rows::{self, Rows},
+};
 use crate::store::{StoreError, StoreResult};
+
+/// How long SQLite's own busy handler waits for another process's write lock on the
+/// writer's connection (its `busy_timeout`) before the writer tries again itself. SQLite's
+/// handler sleeps 1, 2, 5, 10, 15, 20 and 25 ms between its tries, then 50 and 100: a
+/// lock that another process takes back again and again (`serve` and `worker` on one file)
+/// would be missed for tens of milliseconds at a time, which made the p99 of `Process`
+/// 160 to 350 ms with both processes under load. So SQLite tries for 2 ms (its 1 ms
+/// steps), and the writer begins again at once until `BUSY_TIMEOUT` has passed.
+pub(super) const LOCK_POLL: Duration = Duration::from_millis(2);
 
 /// Ops waiting for the writer before callers wait to send more.
 const QUEUE: usize = 10_000;
@@ -253,7 +266,7 @@ async fn commit_batch(
 async fn write_rows_alone(connection: &mut SqliteConnection, rows: &Rows) -> Result<(), String> {
     static ALONE: LazyLock<String> =
         LazyLock::new(|| format!("BEGIN IMMEDIATE; {} COMMIT;", &*rows::SQL));
-    let mut backoff = Duration::from_millis(50);
+    let mut lock = LockWait::new();
     loop {
         match write_rows(connection, &ALONE, rows).await {
             Ok(()) => return Ok(()),
@@ -263,12 +276,37 @@ async fn write_rows_alone(connection: &mut SqliteConnection, rows: &Rows) -> Res
                 if !is_busy(&err) {
                     return Err(err.to_string());
                 }
-                tracing::warn!(error = %err, retry_in = ?backoff,
-                    "the database is locked by another connection past busy_timeout; retrying");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(2));
+                lock.again(&err).await;
             }
         }
+    }
+}
+
+/// The wait for another process's write lock, across the writer's tries.
+struct LockWait {
+    since: std::time::Instant,
+    backoff: Duration,
+}
+
+impl LockWait {
+    fn new() -> Self {
+        Self {
+            since: std::time::Instant::now(),
+            backoff: Duration::from_millis(50),
+        }
+    }
+
+    /// Returns when the writer may try again after `err` (`SQLITE_BUSY`): at once while
+    /// `BUSY_TIMEOUT` has not passed (SQLite has just waited [`LOCK_POLL`]), then after a
+    /// growing backoff, with the reason logged.
+    async fn again(&mut self, err: &sqlx::Error) {
+        if self.since.elapsed() < BUSY_TIMEOUT {
+            return;
+        }
+        tracing::warn!(error = %err, retry_in = ?self.backoff,
+            "the database is locked by another connection past busy_timeout; retrying");
+        tokio::time::sleep(self.backoff).await;
+        self.backoff = (self.backoff * 2).min(Duration::from_secs(2));
     }
 }
 
@@ -329,19 +367,14 @@ async fn execute(connection: &mut SqliteConnection, sql: &'static str) -> sqlx::
     sqlx::query(sql).execute(connection).await.map(drop)
 }
 
-/// `BEGIN IMMEDIATE`, retried with backoff while another process holds the write lock
-/// past `busy_timeout`. (Plain statements rather than sqlx's `Transaction`, which would
-/// keep the connection borrowed across the retry.)
+/// `BEGIN IMMEDIATE`, tried again while another process holds the write lock (see
+/// [`LockWait`]). (Plain statements rather than sqlx's `Transaction`, which would keep the
+/// connection borrowed across the retry.)
 async fn begin_immediate(connection: &mut SqliteConnection) -> sqlx::Result<()> {
-    let mut backoff = Duration::from_millis(50);
+    let mut lock = LockWait::new();
     loop {
         match execute(connection, "BEGIN IMMEDIATE").await {
-            Err(err) if is_busy(&err) => {
-                tracing::warn!(error = %err, retry_in = ?backoff,
-                    "the database is locked by another connection past busy_timeout; retrying");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(2));
-            }
+            Err(err) if is_busy(&err) => lock.again(&err).await,
             begun => return begun,
         }
     }
