@@ -54,9 +54,10 @@ const LINGER: Duration = Duration::from_millis(1);
 /// record of an async run is written again by the worker that claims it).
 const QUIET_LINGER: Duration = Duration::from_millis(10);
 
-/// Records enough to share a commit: a batch this large waits no longer. Waiting for more
-/// would only make the database's work come in larger bursts, which a busy machine's
-/// other processes (the broker confirming `Process`'s publishes) feel as latency.
+/// Records enough to share a commit: a quiet batch this large stops waiting after the one
+/// [`LINGER`] step every batch waits. Waiting for more would only make the database's work
+/// come in larger bursts, which a busy machine's other processes (the broker confirming
+/// `Process`'s publishes) feel as latency.
 const COMPANY: usize = 64;
 
 struct Entry {
@@ -178,7 +179,7 @@ async fn write_batches(
         }
         linger(&mut receiver, &mut entries, &stop).await;
         let batch = Batch::merge(entries.drain(..));
-        let started = std::time::Instant::now();
+        let started = Instant::now();
         let mut backoff = Duration::from_millis(50);
         loop {
             match store.write_history(&batch.runs, &batch.attempts).await {

@@ -15,7 +15,10 @@
 //! ([`LOCK_POLL`]) for up to `BUSY_TIMEOUT`, and past that the batch is retried with
 //! backoff, its reason logged: never dropped.
 
-use std::{sync::LazyLock, time::Duration};
+use std::{
+    sync::LazyLock,
+    time::{Duration, Instant},
+};
 
 use futures_util::future::BoxFuture;
 use sqlx::{Connection as _, SqliteConnection, error::ErrorKind};
@@ -224,7 +227,7 @@ async fn write_batches(
             break;
         }
         let size = batch.len();
-        let started = std::time::Instant::now();
+        let started = Instant::now();
         commit_batch(&mut connection, batch.drain(..)).await;
         tracing::trace!(ops = size, took = ?started.elapsed(), "SQLite batch committed");
     }
@@ -284,14 +287,14 @@ async fn write_rows_alone(connection: &mut SqliteConnection, rows: &Rows) -> Res
 
 /// The wait for another process's write lock, across the writer's tries.
 struct LockWait {
-    since: std::time::Instant,
+    since: Instant,
     backoff: Duration,
 }
 
 impl LockWait {
     fn new() -> Self {
         Self {
-            since: std::time::Instant::now(),
+            since: Instant::now(),
             backoff: Duration::from_millis(50),
         }
     }
